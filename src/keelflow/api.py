@@ -1,0 +1,578 @@
+"""The management API (SPEC §5): init, status, outputs, resume, cancel, delete, metadata."""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import enum
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from .engine.journal import Journal, check_format, read_status, wf_key, write_status
+from .engine.runtime import (
+    Runtime,
+    cancel_key,
+    execution_error,
+    lease_key,
+    new_workflow_id,
+    output_value,
+    owner_info,
+)
+from .engine.state import ROOT, WorkflowState
+from .errors import (
+    InvalidIdError,
+    KeelflowError,
+    StepNotFoundError,
+    WorkflowCancelledError,
+    WorkflowNotFoundError,
+    WorkflowRunningError,
+)
+from .executors.base import Executor
+from .objects import FutureRef
+from .step import Workflow, _check_metadata
+from .storage import Storage, open_storage
+
+__all__ = [
+    "WorkflowStatus",
+    "cancel",
+    "delete",
+    "get_metadata",
+    "get_output",
+    "get_output_async",
+    "get_status",
+    "init",
+    "list_all",
+    "resume",
+    "resume_all",
+    "resume_async",
+    "run_workflow",
+    "shutdown",
+]
+
+log = logging.getLogger("keelflow")
+
+DEFAULT_STORAGE = os.path.join("~", ".keelflow", "storage")
+
+
+class WorkflowStatus(str, enum.Enum):
+    """Where a workflow stands. ``RESUMABLE``: its owner died; ``FAILED``: a step failed."""
+
+    RUNNING = "RUNNING"
+    FAILED = "FAILED"
+    RESUMABLE = "RESUMABLE"
+    CANCELED = "CANCELED"
+    SUCCESSFUL = "SUCCESSFUL"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_lock = threading.RLock()
+_runtime_obj: Runtime | None = None
+_config: tuple[Any, ...] | None = None
+_helpers: concurrent.futures.ThreadPoolExecutor | None = None
+_atexit_registered = False
+
+
+# -- init / shutdown ----------------------------------------------------------------------------
+def init(
+    storage: str | os.PathLike[str] | None = None,
+    *,
+    executor: str | None = None,
+    num_cpus: float | None = None,
+    resources: dict[str, float] | None = None,
+) -> None:
+    """Choose storage and executor for this process.
+
+    Args:
+        storage: a path, ``file://…``, ``memory://[name]``; default ``$KEELFLOW_STORAGE``,
+            else ``~/.keelflow/storage``.
+        executor: ``"local"`` (worker processes, the default), ``"thread"``; default
+            ``$KEELFLOW_EXECUTOR``.
+        num_cpus: CPUs the local executor may use at once (default: all cores).
+        resources: custom resources this machine offers, e.g. ``{"GPU": 1, "db": 4}``.
+
+    Calling it again with the same arguments does nothing; with others it raises unless
+    :func:`shutdown` was called first.
+    """
+    global _runtime_obj, _config, _atexit_registered
+    with _lock:
+        url = os.fspath(storage) if storage is not None else os.environ.get("KEELFLOW_STORAGE") or DEFAULT_STORAGE
+        kind = executor or os.environ.get("KEELFLOW_EXECUTOR") or "local"
+        config = (url, kind, num_cpus, tuple(sorted((resources or {}).items())))
+        if _runtime_obj is not None:
+            if config == _config:
+                return
+            raise KeelflowError(
+                f"keelflow is already initialised with storage {_config[0] if _config else '?'!r}; "
+                "call workflow.shutdown() before init with other arguments"
+            )
+        if os.environ.get("KEELFLOW_WORKER_UNSHARED"):
+            raise KeelflowError(
+                "this step runs in a worker process, and the workflow's storage "
+                f"({os.environ['KEELFLOW_WORKER_UNSHARED']}) lives only in the parent process; use "
+                "directory storage, or init(executor='thread'), to call keelflow from inside steps"
+            )
+        store = open_storage(url)
+        check_format(store)
+        execu = _make_executor(kind, store, num_cpus, resources)
+        _runtime_obj = Runtime(store, execu)
+        _config = config
+        if not _atexit_registered:
+            # Before the executor's own exit hooks (atexit runs last-registered first): stop
+            # the scheduler, then the workers, so runs end resumable rather than torn down.
+            atexit.register(shutdown)
+            _atexit_registered = True
+        log.info(
+            "keelflow: storage %s, executor %s", store.location("").rstrip("/"), kind,
+        )
+
+
+def _make_executor(kind: str, store: Storage, num_cpus: float | None, resources: dict[str, float] | None) -> Executor:
+    custom = dict(resources or {})
+    gpus = float(custom.pop("GPU", 0) or 0)
+    if "CPU" in custom:
+        num_cpus = float(custom.pop("CPU"))
+    if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus <= 0):
+        raise ValueError(f"num_cpus must be a number > 0, got {num_cpus!r}")
+    for name, amount in custom.items():
+        if not isinstance(name, str) or isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+            raise ValueError(f"resources must map names to numbers >= 0, got {name!r}: {amount!r}")
+    if kind == "local":
+        from .executors.local import ProcessExecutor
+
+        env = {"KEELFLOW_EXECUTOR": "thread"}
+        if store.shared:
+            env["KEELFLOW_STORAGE"] = store.url
+        else:
+            env["KEELFLOW_WORKER_UNSHARED"] = store.url
+        return ProcessExecutor(num_cpus=num_cpus, num_gpus=gpus, resources=custom, env=env)
+    if kind == "thread":
+        from .executors.thread import ThreadExecutor
+
+        return ThreadExecutor(num_cpus=num_cpus, num_gpus=gpus, resources=custom)
+    raise KeelflowError(f"unknown executor {kind!r}; use 'local' or 'thread'")
+
+
+def shutdown() -> None:
+    """Stop this process's runs (they stay resumable) and forget ``init``."""
+    global _runtime_obj, _config
+    with _lock:
+        rt, _runtime_obj, _config = _runtime_obj, None, None
+    if rt is not None:
+        rt.shutdown()
+        rt.storage.close()
+
+
+def _runtime() -> Runtime:
+    rt = _runtime_obj
+    if rt is None:
+        init()
+        rt = _runtime_obj
+        assert rt is not None
+    return rt
+
+
+def _helper_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _helpers
+    with _lock:
+        if _helpers is None:
+            _helpers = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="keelflow-wait")
+        return _helpers
+
+
+def _in_background(fn: Any, workflow_id: str, *args: Any) -> FutureRef[Any]:
+    return FutureRef(_helper_pool().submit(fn, *args), workflow_id)
+
+
+def _done_ref(value: Any, workflow_id: str) -> FutureRef[Any]:
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    future.set_result(value)
+    return FutureRef(future, workflow_id)
+
+
+# -- ids and loading ------------------------------------------------------------------------------
+def validate_id(workflow_id: Any, what: str = "workflow id") -> str:
+    if not isinstance(workflow_id, str):
+        raise InvalidIdError(f"{what} must be a string, got {type(workflow_id).__name__}")
+    if not workflow_id:
+        raise InvalidIdError(f"{what} must not be empty")
+    if "/" in workflow_id or "\\" in workflow_id:
+        raise InvalidIdError(f"{what} {workflow_id!r} must not contain '/' or '\\'")
+    if ".." in workflow_id or workflow_id == ".":
+        raise InvalidIdError(f"{what} {workflow_id!r} must not contain '..' or be '.'")
+    if any(ord(c) < 32 or ord(c) == 127 for c in workflow_id):
+        raise InvalidIdError(f"{what} {workflow_id!r} must not contain control characters")
+    if len(workflow_id.encode()) > 200:
+        raise InvalidIdError(f"{what} is longer than 200 bytes")
+    return workflow_id
+
+
+def load(storage: Storage, workflow_id: str, *, repair: bool = False, strict: bool = True) -> tuple[
+    WorkflowState, Journal, list[tuple[Any, ...]]
+] | None:
+    """Replay a workflow's journal; ``None`` if it does not exist."""
+    journal = Journal(storage, workflow_id)
+    records = journal.read(repair=repair, strict=strict)
+    if not records:
+        return None
+    state = WorkflowState(workflow_id)
+    for record in records:
+        state.apply(record)
+    return state, journal, records
+
+
+def _require(storage: Storage, workflow_id: str) -> tuple[WorkflowState, Journal, list[tuple[Any, ...]]]:
+    loaded = load(storage, workflow_id)
+    if loaded is None:
+        raise WorkflowNotFoundError(workflow_id=workflow_id)
+    return loaded
+
+
+# -- running ------------------------------------------------------------------------------------
+def run_workflow(root: Workflow[Any], workflow_id: str | None, metadata: dict[str, Any] | None) -> FutureRef[Any]:
+    """Start ``root`` as workflow ``workflow_id`` (or attach to it if it already exists)."""
+    rt = _runtime()
+    wid = validate_id(workflow_id) if workflow_id is not None else new_workflow_id()
+    meta = _check_metadata(metadata, "workflow metadata") or {}
+    run = rt.local_run(wid)
+    if run is not None:
+        return FutureRef(run.future, wid)
+    lease = rt.storage.acquire_lease(lease_key(wid), owner_info())
+    if lease is None:
+        return _in_background(_wait_elsewhere, wid, rt, wid)
+    try:
+        loaded = load(rt.storage, wid)
+        if loaded is None:
+            return FutureRef(rt.create(root, wid, meta, lease), wid)
+        state, journal, _ = loaded
+        if state.finished:
+            lease.release()
+            return _done_ref(output_value(state, journal), wid)
+        if state.cancelled:
+            raise WorkflowCancelledError(workflow_id=wid)
+        status = "FAILED" if state.failed is not None else "RESUMABLE"
+        raise KeelflowError(
+            f"workflow {wid!r} already exists and is {status}; call workflow.resume({wid!r}) to continue it",
+            workflow_id=wid,
+        )
+    except BaseException:
+        lease.release()
+        raise
+
+
+def _wait_elsewhere(rt: Runtime, workflow_id: str, name: str | None = None) -> Any:
+    """Wait for a workflow owned by another process, by polling storage."""
+    delay = 0.01
+    while True:
+        status = _status(rt, workflow_id)
+        if status != WorkflowStatus.RUNNING:
+            return _output(rt, workflow_id, name, status)
+        if name is not None:
+            loaded = load(rt.storage, workflow_id, strict=False)
+            if loaded is not None and name in loaded[0].names:
+                state, journal, records = loaded
+                index = state.names[name]
+                if _resolved(state, index) is not None:
+                    return _step_value(state, journal, records, index)
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def resume_async(workflow_id: str) -> FutureRef[Any]:
+    """Continue a failed or interrupted workflow from where it stopped; a ref to its output."""
+    rt = _runtime()
+    wid = validate_id(workflow_id)
+    if rt.local_run(wid) is not None:
+        raise WorkflowRunningError(workflow_id=wid)
+    lease = rt.storage.acquire_lease(lease_key(wid), owner_info())
+    if lease is None:
+        if load(rt.storage, wid, strict=False) is None:
+            raise WorkflowNotFoundError(workflow_id=wid)
+        raise WorkflowRunningError(workflow_id=wid)
+    try:
+        loaded = load(rt.storage, wid, repair=True)
+        if loaded is None:
+            raise WorkflowNotFoundError(workflow_id=wid)
+        state, journal, _ = loaded
+        if rt.storage.get(cancel_key(wid)) is not None and not state.cancelled and not state.finished:
+            journal.append([("cancel", time.time())])
+            state.apply(("cancel", time.time()))
+            write_status(rt.storage, wid, {**(read_status(rt.storage, wid) or {}), "status": "CANCELED"})
+        if state.cancelled:
+            raise WorkflowCancelledError(workflow_id=wid)
+        if state.finished:
+            write_status(rt.storage, wid, {**(read_status(rt.storage, wid) or {}), "status": "SUCCESSFUL"})
+            lease.release()
+            return _done_ref(output_value(state, journal), wid)
+        _report_code_changes(state)
+        log.info("resuming workflow %s", wid, extra={"workflow_id": wid})
+        return FutureRef(rt.adopt(state, journal, lease), wid)
+    except BaseException:
+        lease.release()
+        raise
+
+
+def resume(workflow_id: str) -> Any:
+    """Continue a failed or interrupted workflow and return its output."""
+    return resume_async(workflow_id).result()
+
+
+def resume_all(include_failed: bool = False) -> list[tuple[str, FutureRef[Any]]]:
+    """Resume every ``RESUMABLE`` (and with ``include_failed``, ``FAILED``) workflow."""
+    wanted = {WorkflowStatus.RESUMABLE} | ({WorkflowStatus.FAILED} if include_failed else set())
+    resumed = []
+    for wid, _status_ in list_all(wanted):
+        try:
+            resumed.append((wid, resume_async(wid)))
+        except (WorkflowRunningError, WorkflowCancelledError):
+            continue  # another process got there first
+    return resumed
+
+
+def _report_code_changes(state: WorkflowState) -> None:
+    from .serialization import decode
+
+    for entry in state.funcs:
+        try:
+            func = decode(entry.blob, what=f"step function {entry.name}")
+        except Exception as e:
+            log.warning("step function %s of workflow %s cannot be loaded: %s", entry.name, state.workflow_id, e)
+            continue
+        if func.fingerprint != entry.fingerprint:
+            log.warning(
+                "step function %s changed since workflow %s started; resuming with the current code",
+                entry.name,
+                state.workflow_id,
+                extra={"workflow_id": state.workflow_id},
+            )
+
+
+# -- status and outputs -------------------------------------------------------------------------
+def get_status(workflow_id: str) -> WorkflowStatus:
+    """The workflow's status (see :class:`WorkflowStatus`)."""
+    return _status(_runtime(), validate_id(workflow_id))
+
+
+def _status(rt: Runtime, wid: str) -> WorkflowStatus:
+    if rt.local_run(wid) is not None:
+        return WorkflowStatus.RUNNING
+    info = read_status(rt.storage, wid)
+    if info is None:
+        loaded = load(rt.storage, wid, strict=False)
+        if loaded is None:
+            raise WorkflowNotFoundError(workflow_id=wid)
+        name = loaded[0].status_name
+    else:
+        name = info.get("status", "RUNNING")
+    if name in ("SUCCESSFUL", "CANCELED", "FAILED"):
+        return WorkflowStatus(name)
+    if rt.storage.get(cancel_key(wid)) is not None:
+        return WorkflowStatus.CANCELED
+    if rt.storage.lease_held(lease_key(wid)):
+        return WorkflowStatus.RUNNING
+    loaded = load(rt.storage, wid, strict=False)
+    if loaded is not None and loaded[0].status_name != "RUNNING":
+        return WorkflowStatus(loaded[0].status_name)
+    return WorkflowStatus.RESUMABLE
+
+
+def get_output(workflow_id: str, *, name: str | None = None, timeout: float | None = None) -> Any:
+    """The workflow's output (or step ``name``'s), waiting while it runs."""
+    return get_output_async(workflow_id, name=name).result(timeout)
+
+
+def get_output_async(workflow_id: str, *, name: str | None = None) -> FutureRef[Any]:
+    """A ref to the workflow's output (or step ``name``'s)."""
+    rt = _runtime()
+    wid = validate_id(workflow_id)
+    run = rt.local_run(wid)
+    if run is not None and name is None:
+        return FutureRef(run.future, wid)
+    status = _status(rt, wid)
+    if status == WorkflowStatus.RUNNING or run is not None:
+        return _in_background(_wait_running, wid, rt, wid, name)
+    return _done_ref(_output(rt, wid, name, status), wid)
+
+
+def _wait_running(rt: Runtime, wid: str, name: str | None) -> Any:
+    run = rt.local_run(wid)
+    if run is None:
+        return _wait_elsewhere(rt, wid, name)
+    delay = 0.002
+    while True:
+        state = run.state
+        index = state.names.get(name) if name is not None else None
+        if index is not None and _resolved(state, index) is not None:
+            loaded = _require(rt.storage, wid)
+            return _step_value(*loaded, loaded[0].names[name])  # type: ignore[index]
+        if run.future.done():
+            return _output(rt, wid, name, _status(rt, wid))
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.2)
+
+
+def _output(rt: Runtime, wid: str, name: str | None, status: WorkflowStatus) -> Any:
+    state, journal, records = _require(rt.storage, wid)
+    if name is not None:
+        index = state.names.get(name)
+        if index is None:
+            raise StepNotFoundError(workflow_id=wid, step_name=name)
+        if _resolved(state, index) is not None:
+            return _step_value(state, journal, records, index)
+        if state.failed == index:
+            raise execution_error(state)
+        raise KeelflowError(
+            f"step {name!r} of workflow {wid!r} has no output: the workflow is {status.value}", workflow_id=wid
+        )
+    if status == WorkflowStatus.SUCCESSFUL or state.finished:
+        return output_value(state, journal)
+    if status == WorkflowStatus.CANCELED:
+        raise WorkflowCancelledError(workflow_id=wid)
+    if state.failed is not None:
+        raise execution_error(state)
+    raise KeelflowError(
+        f"workflow {wid!r} is {status.value} and has no output yet; call workflow.resume({wid!r})", workflow_id=wid
+    )
+
+
+def _resolved(state: WorkflowState, index: int) -> int | None:
+    """The node whose ``done`` record holds ``index``'s output (following continuations)."""
+    node = state.nodes[index]
+    if not node.done:
+        return None
+    while node.continued is not None:
+        index = node.continued
+        node = state.nodes[index]
+    return index
+
+
+def _step_value(state: WorkflowState, journal: Journal, records: list[tuple[Any, ...]], index: int) -> Any:
+    target = _resolved(state, index)
+    if state.nodes[index].output is None:
+        for record in records:
+            if record[0] == "done" and record[1] == target:
+                state.nodes[index].output = record[2]
+                break
+    return output_value(state, journal, index)
+
+
+# -- listing, cancel, delete, metadata -----------------------------------------------------------
+def list_all(
+    status_filter: WorkflowStatus | str | Iterable[WorkflowStatus | str] | None = None,
+) -> list[tuple[str, WorkflowStatus]]:
+    """``[(workflow_id, status), …]``, newest first, optionally filtered by status."""
+    rt = _runtime()
+    wanted: set[WorkflowStatus] | None = None
+    if status_filter is not None:
+        items = [status_filter] if isinstance(status_filter, (str, WorkflowStatus)) else list(status_filter)
+        wanted = {WorkflowStatus(s) for s in items}
+    found = []
+    for wid in rt.storage.children("workflows"):
+        try:
+            status = _status(rt, wid)
+        except WorkflowNotFoundError:
+            continue
+        if wanted is None or status in wanted:
+            info = read_status(rt.storage, wid) or {}
+            found.append((info.get("start_time") or 0.0, wid, status))
+    found.sort(key=lambda t: (-t[0], t[1]))
+    return [(wid, status) for _, wid, status in found]
+
+
+def cancel(workflow_id: str) -> None:
+    """Stop the workflow; running steps are abandoned and its status becomes ``CANCELED``."""
+    rt = _runtime()
+    wid = validate_id(workflow_id)
+    if rt.cancel_local(wid):
+        return
+    lease = rt.storage.acquire_lease(lease_key(wid), owner_info())
+    if lease is None:
+        if load(rt.storage, wid, strict=False) is None:
+            raise WorkflowNotFoundError(workflow_id=wid)
+        # Owned by another live process: leave a request it picks up within a second.
+        rt.storage.put(cancel_key(wid), owner_info())
+        return
+    try:
+        state, journal, _ = _require(rt.storage, wid)
+        if state.finished or state.cancelled:
+            return
+        journal.append([("cancel", time.time())])
+        write_status(
+            rt.storage, wid, {**(read_status(rt.storage, wid) or {}), "status": "CANCELED", "end_time": time.time()}
+        )
+    finally:
+        lease.release()
+
+
+def delete(workflow_id: str) -> None:
+    """Remove all of the workflow's data. Refuses a running workflow."""
+    rt = _runtime()
+    wid = validate_id(workflow_id)
+    if rt.local_run(wid) is not None:
+        raise WorkflowRunningError(f"workflow {wid!r} is running in this process; cancel it first", workflow_id=wid)
+    lease = rt.storage.acquire_lease(lease_key(wid), owner_info())
+    if lease is None:
+        raise WorkflowRunningError(f"workflow {wid!r} is running in a live process; cancel it first", workflow_id=wid)
+    try:
+        if rt.storage.get(wf_key(wid, "journal")) is None:
+            raise WorkflowNotFoundError(workflow_id=wid)
+        rt.storage.delete_prefix(f"workflows/{wid}")
+        rt.storage.delete_prefix(cancel_key(wid))
+    finally:
+        lease.release()
+
+
+def get_metadata(workflow_id: str, name: str | None = None) -> dict[str, Any]:
+    """Workflow-level (status, user_metadata, stats) or step-level metadata."""
+    rt = _runtime()
+    wid = validate_id(workflow_id)
+    run = rt.local_run(wid)
+    if run is not None:
+        state = run.state
+    else:
+        state = _require(rt.storage, wid)[0]
+    if name is None:
+        status = _status(rt, wid)
+        info = read_status(rt.storage, wid) or {}
+        stats: dict[str, Any] = {"start_time": state.start_time}
+        end = info.get("end_time") if status != WorkflowStatus.RUNNING else None
+        if end is None and state.finished:
+            end = state.end_time()
+        if end is not None and status != WorkflowStatus.RUNNING:
+            stats["end_time"] = end
+        return {
+            "status": status.value,
+            "user_metadata": dict(state.header.get("user_metadata") or {}),
+            "stats": stats,
+        }
+    index = state.names.get(name)
+    if index is None:
+        raise StepNotFoundError(workflow_id=wid, step_name=name)
+    node = state.nodes[index]
+    entry = state.funcs[node.func]
+    from .serialization import decode
+
+    try:
+        options = decode(entry.options_blob, what=f"the options of step {name}").as_dict()
+    except Exception:
+        options = dict(entry.plain)
+    step_stats: dict[str, Any] = {}
+    start = node.start if node.start is not None else (run.started.get(index) if run is not None else None)
+    if start is not None:
+        step_stats["start_time"] = start
+    if node.done and node.end is not None:
+        step_stats["end_time"] = node.end
+    return {
+        "name": name,
+        "step_options": options,
+        "user_metadata": dict(options.get("metadata") or {}),
+        "stats": step_stats,
+        "status": "SUCCESSFUL" if node.done else ("FAILED" if node.error else "PENDING"),
+        "attempts": node.attempts or (run.attempts.get(index, 0) if run is not None else 0),
+        "root": index == ROOT,
+    }

@@ -1,0 +1,159 @@
+"""Flattening a tree of ``Workflow`` nodes into a table the journal can store.
+
+A DAG is stored flat — a list of node specs that point at each other by index — so a chain of
+100,000 steps neither recurses in Python nor in pickle. The same walk serves the root DAG
+(flattened in the caller's process) and dynamic continuations (flattened in the worker
+whose step returned them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from .. import serialization
+from ..objects import ObjectRef
+from ..step import StepFunction, Workflow
+
+__all__ = ["FuncEntry", "NodeSpec", "SubDag", "collect_refs", "flatten"]
+
+
+@dataclass(frozen=True)
+class FuncEntry:
+    """A step function as stored: its pickle, identity and the options the engine needs."""
+
+    blob: bytes
+    key: str
+    name: str
+    fingerprint: str
+    # The options the engine reads without unpickling user code (all plain values).
+    plain: dict[str, Any]
+    # The full StepOptions, pickled (retry_exceptions may name user exception types).
+    options_blob: bytes
+
+    def to_record(self) -> tuple[Any, ...]:
+        return (self.blob, self.key, self.name, self.fingerprint, self.plain, self.options_blob)
+
+    @classmethod
+    def from_record(cls, rec: tuple[Any, ...]) -> FuncEntry:
+        return cls(*rec)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One step call: function index, encoded arguments, and which nodes/refs they use.
+
+    ``func`` indexes the batch's own function list; ``deps`` are node indices local to the
+    batch (index 0 is the batch's root).
+    """
+
+    func: int
+    args: bytes
+    deps: tuple[int, ...]
+    refs: tuple[str, ...]
+
+
+@dataclass
+class SubDag:
+    nodes: list[NodeSpec]
+    funcs: list[FuncEntry]
+    # ref id -> (bytes, ids of refs nested in it), for every ref the DAG mentions.
+    objects: dict[str, tuple[bytes, tuple[str, ...]]]
+
+    def to_record(self) -> tuple[Any, ...]:
+        return (
+            [(n.func, n.args, n.deps, n.refs) for n in self.nodes],
+            [f.to_record() for f in self.funcs],
+            self.objects,
+        )
+
+    @classmethod
+    def from_record(cls, rec: tuple[Any, ...]) -> SubDag:
+        nodes, funcs, objects = rec
+        return cls([NodeSpec(*n) for n in nodes], [FuncEntry.from_record(f) for f in funcs], objects)
+
+
+_ENTRY_CACHE: dict[int, tuple[StepFunction[Any], FuncEntry]] = {}
+
+
+def func_entry(func: StepFunction[Any]) -> FuncEntry:
+    """The stored form of a step function (cached per function object)."""
+    cached = _ENTRY_CACHE.get(id(func))
+    if cached is not None and cached[0] is func:
+        return cached[1]
+    blob = serialization.dumps_function(func)
+    opts = func.options_in_force
+    plain = {k: v for k, v in opts.as_dict().items() if k != "retry_exceptions"}
+    entry = FuncEntry(
+        blob=blob,
+        key=hashlib.blake2b(blob, digest_size=16).hexdigest(),
+        name=func.default_name,
+        fingerprint=func.fingerprint,
+        plain=plain,
+        options_blob=serialization.dumps_function(opts),
+    )
+    if len(_ENTRY_CACHE) > 4096:
+        _ENTRY_CACHE.clear()
+    _ENTRY_CACHE[id(func)] = (func, entry)
+    return entry
+
+
+def collect_refs(refs: dict[str, ObjectRef[Any]], into: dict[str, tuple[bytes, tuple[str, ...]]]) -> None:
+    """Add every ref in ``refs`` and the refs nested in them (transitively) to ``into``."""
+    stack = list(refs.values())
+    while stack:
+        ref = stack.pop()._settled()
+        if ref.id in into:
+            continue
+        data, nested = ref._bytes()
+        into[ref.id] = (data, tuple(nested))
+        stack.extend(nested.values())
+
+
+def flatten(root: Workflow[Any], what: str = "the workflow") -> SubDag:
+    """Walk ``root`` and everything it depends on, breadth first, without recursion."""
+    order: list[Workflow[Any]] = [root]
+    index: dict[int, int] = {id(root): 0}
+    funcs: list[FuncEntry] = []
+    func_index: dict[str, int] = {}
+    nodes: list[NodeSpec] = []
+    objects: dict[str, tuple[bytes, tuple[str, ...]]] = {}
+
+    i = 0
+    while i < len(order):
+        node = order[i]
+        deps: list[int] = []
+        refs: dict[str, ObjectRef[Any]] = {}
+
+        def on_node(child: Workflow[Any]) -> int:
+            j = index.get(id(child))
+            if j is None:
+                j = len(order)
+                index[id(child)] = j
+                order.append(child)
+            if j not in deps:
+                deps.append(j)
+            return j
+
+        def on_ref(ref: ObjectRef[Any]) -> str:
+            ref = ref._settled()
+            refs[ref.id] = ref
+            return ref.id
+
+        fn = node.step_function
+        args = serialization.encode(
+            (node._args, node._kwargs),
+            what=f"the arguments of step {fn.default_name} in {what}",
+            on_ref=on_ref,
+            on_node=on_node,
+        )
+        entry = func_entry(fn)
+        f = func_index.get(entry.key)
+        if f is None:
+            f = func_index[entry.key] = len(funcs)
+            funcs.append(entry)
+        collect_refs(refs, objects)
+        nodes.append(NodeSpec(f, args, tuple(deps), tuple(refs)))
+        i += 1
+    return SubDag(nodes, funcs, objects)

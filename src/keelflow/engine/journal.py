@@ -1,0 +1,161 @@
+"""Where a workflow's records live in storage, and how they are written and read back.
+
+Layout under the storage root::
+
+    keelflow.json                      format marker: {"format": N}
+    workflows/<id>/journal             append-only framed records (the source of truth)
+    workflows/<id>/status              small JSON index (status, times, user metadata);
+                                       written without flushing, rebuilt from the journal
+    workflows/<id>/lease               held by the live owner
+    workflows/<id>/blobs/<name>        outputs and objects too large to inline
+    cancels/<id>                       a cancel request for a workflow owned elsewhere
+
+One step completion is one framed record appended with one flush; steps that finish together
+share one append.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from .. import serialization
+from ..errors import CorruptCheckpointError, StorageFormatError
+from ..storage import Storage
+
+__all__ = ["BLOB_THRESHOLD", "Journal", "check_format", "read_status", "write_status"]
+
+log = logging.getLogger("keelflow")
+
+#: Values larger than this go to a blob of their own instead of inline in the journal.
+BLOB_THRESHOLD = 1 << 20
+FORMAT_KEY = "keelflow.json"
+
+
+def wf_key(workflow_id: str, leaf: str) -> str:
+    return f"workflows/{workflow_id}/{leaf}"
+
+
+def check_format(storage: Storage) -> None:
+    """Stamp new storage with our format; refuse storage from a newer keelflow."""
+    marker = json.dumps({"format": serialization.FORMAT_VERSION}).encode()
+    if storage.put_if_absent(FORMAT_KEY, marker):
+        return
+    raw = storage.get(FORMAT_KEY)
+    try:
+        found = int(json.loads(raw or b"")["format"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptCheckpointError(
+            f"storage format marker {storage.location(FORMAT_KEY)} is unreadable", path=storage.location(FORMAT_KEY)
+        ) from e
+    if found > serialization.FORMAT_VERSION:
+        raise StorageFormatError(
+            f"storage at {storage.url} was written by a newer keelflow (format {found}; this release "
+            f"reads up to {serialization.FORMAT_VERSION}); upgrade keelflow to use it",
+            path=storage.location(FORMAT_KEY),
+        )
+
+
+class Journal:
+    """The append-only record log of one workflow."""
+
+    def __init__(self, storage: Storage, workflow_id: str) -> None:
+        self.storage = storage
+        self.workflow_id = workflow_id
+        self.key = wf_key(workflow_id, "journal")
+
+    @property
+    def path(self) -> str:
+        return self.storage.location(self.key)
+
+    def exists(self) -> bool:
+        return self.storage.get(self.key) is not None
+
+    def append(self, records: list[tuple[Any, ...]]) -> None:
+        data = b"".join(serialization.frame(serialization.dump_record(r)) for r in records)
+        self.storage.append(self.key, data)
+
+    def read(self, *, repair: bool = False, strict: bool = True) -> list[tuple[Any, ...]]:
+        """All whole records. A torn tail (a crash mid-append) is dropped, and with ``repair``
+        cut off so later appends follow the last whole record. Damage before the tail raises
+        :class:`CorruptCheckpointError`, or with ``strict=False`` ends the list there."""
+        data = self.storage.get(self.key)
+        if data is None:
+            return []
+        payloads, end = serialization.scan_frames(data)
+        records = []
+        for i, payload in enumerate(payloads):
+            try:
+                records.append(serialization.load_record(payload))
+            except Exception as e:
+                if strict:
+                    raise CorruptCheckpointError(
+                        f"journal record #{i} of workflow {self.workflow_id!r} at {self.path} is unreadable: {e}",
+                        path=self.path,
+                    ) from e
+                return records
+        if end < len(data):
+            if serialization.tail_is_torn(data, end):
+                log.warning(
+                    "journal %s ends with a partly written record (%d bytes, a crash mid-write); ignoring it",
+                    self.path,
+                    len(data) - end,
+                )
+                if repair:
+                    self.storage.put(self.key, data[:end])
+            elif strict:
+                raise CorruptCheckpointError(
+                    f"journal of workflow {self.workflow_id!r} at {self.path} is damaged at byte {end} "
+                    f"(checksum mismatch); {len(records)} records before it are intact",
+                    path=self.path,
+                )
+        if records:
+            header = records[0][1] if records[0][0] == "start" else {}
+            fmt = header.get("format", 0)
+            if fmt > serialization.FORMAT_VERSION:
+                raise StorageFormatError(
+                    f"workflow {self.workflow_id!r} at {self.path} was written by a newer keelflow "
+                    f"(format {fmt}); upgrade keelflow to read it",
+                    path=self.path,
+                )
+        return records
+
+    # -- large values ---------------------------------------------------------------------------
+    def spill(self, data: bytes) -> Any:
+        """``data`` itself, or a pointer to a blob holding it when it is large."""
+        if len(data) <= BLOB_THRESHOLD:
+            return data
+        key = wf_key(self.workflow_id, f"blobs/{uuid.uuid4().hex}")
+        self.storage.put(key, serialization.frame(data))
+        return ("blob", key)
+
+    def load(self, value: Any) -> bytes:
+        """The bytes behind what :meth:`spill` returned."""
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return bytes(value)
+        key = value[1]
+        raw = self.storage.get(key)
+        path = self.storage.location(key)
+        if raw is None:
+            raise CorruptCheckpointError(f"stored value {path} is missing", path=path)
+        payloads, end = serialization.scan_frames(raw)
+        if len(payloads) != 1 or end != len(raw):
+            raise CorruptCheckpointError(f"stored value {path} is truncated or damaged", path=path)
+        return bytes(payloads[0])
+
+
+def write_status(storage: Storage, workflow_id: str, info: dict[str, Any]) -> None:
+    storage.put(wf_key(workflow_id, "status"), json.dumps(info).encode(), durable=False)
+
+
+def read_status(storage: Storage, workflow_id: str) -> dict[str, Any] | None:
+    raw = storage.get(wf_key(workflow_id, "status"))
+    if not raw:
+        return None
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        return None  # an index file lost in a crash; callers rebuild from the journal
+    return info if isinstance(info, dict) else None

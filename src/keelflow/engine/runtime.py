@@ -1,0 +1,479 @@
+"""The scheduler: runs workflows by checkpoint-then-continue.
+
+One thread per process owns every run. Each turn of its loop it collects the outcomes the
+executor has ready, turns them into journal records, makes them durable with **one append per
+workflow** (so steps finishing together share a flush), and only then applies them and
+dispatches the steps they made ready. A step's output is therefore durable before anything
+that depends on it starts, and a crash at any instant loses at most work that was never
+acknowledged.
+
+This module does no I/O of its own beyond the :class:`~keelflow.engine.journal.Journal` and
+the storage lease, and knows executors only through their interface.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from .. import serialization
+from ..errors import KeelflowError, SerializationError, WorkflowCancelledError, WorkflowExecutionError
+from ..executors.base import Demand, Executor, Outcome, Task
+from ..objects import FutureRef, ObjectRef
+from ..storage import Lease, Storage
+from .dag import SubDag, flatten
+from .journal import Journal, wf_key, write_status
+from .state import ROOT, WorkflowState
+from .task import RUNNER, make_payload
+
+__all__ = ["Run", "Runtime"]
+
+log = logging.getLogger("keelflow")
+
+CANCELS = "cancels"
+_CANCEL_POLL = 0.5
+
+
+def owner_info() -> bytes:
+    return f"{socket.gethostname()} pid {os.getpid()} at {time.time():.3f}\n".encode()
+
+
+class Run:
+    """A workflow this process owns and is executing."""
+
+    def __init__(
+        self, state: WorkflowState, journal: Journal, lease: Lease, future: concurrent.futures.Future[Any]
+    ) -> None:
+        self.state = state
+        self.journal = journal
+        self.lease = lease
+        self.future = future
+        self.running: dict[int, int] = {}  # node -> task id
+        self.started: dict[int, float] = {}
+        self.attempts: collections.Counter[int] = collections.Counter()
+        self.records: list[tuple[Any, ...]] = []
+        self.failing = False
+        self.metadata: dict[str, Any] = state.header.get("user_metadata") or {}
+
+    @property
+    def workflow_id(self) -> str:
+        return self.state.workflow_id
+
+
+class Runtime:
+    """Owns the scheduler thread, the executor, and this process's runs."""
+
+    def __init__(self, storage: Storage, executor: Executor) -> None:
+        self.storage = storage
+        self.executor = executor
+        self._lock = threading.Lock()
+        self._runs: dict[str, Run] = {}
+        self._tasks: dict[int, tuple[Run, int]] = {}
+        self._task_ids = itertools.count(1)
+        self._inbox: collections.deque[Callable[[], None]] = collections.deque()
+        self._stopped = False
+        self._last_cancel_poll = 0.0
+        self._thread = threading.Thread(target=self._loop, name="keelflow-scheduler", daemon=True)
+        self._thread.start()
+
+    # -- called from user threads ---------------------------------------------------------------
+    def call(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the scheduler thread."""
+        self._inbox.append(fn)
+        self.executor.wake()
+
+    def local_run(self, workflow_id: str) -> Run | None:
+        with self._lock:
+            return self._runs.get(workflow_id)
+
+    def create(
+        self, root: Any, workflow_id: str, metadata: dict[str, Any], lease: Lease
+    ) -> concurrent.futures.Future[Any]:
+        """Start a new workflow; the caller holds its lease and checked it does not exist."""
+        dag = flatten(root, what=f"workflow {workflow_id!r}")
+        now = time.time()
+        header = {
+            "format": serialization.FORMAT_VERSION,
+            "codec": serialization.VALUE_CODEC,
+            "workflow_id": workflow_id,
+            "user_metadata": metadata,
+            "code": _code_info(),
+        }
+        journal = Journal(self.storage, workflow_id)
+        dag.objects = {k: (journal.spill(d), n) for k, (d, n) in dag.objects.items()}
+        record = ("start", header, dag.to_record(), now)
+        journal.append([record])
+        state = WorkflowState(workflow_id)
+        state.apply(record)
+        write_status(self.storage, workflow_id, _status_info(state, "RUNNING"))
+        log.info("workflow %s started", workflow_id, extra={"workflow_id": workflow_id})
+        return self._adopt(state, journal, lease)
+
+    def adopt(self, state: WorkflowState, journal: Journal, lease: Lease) -> concurrent.futures.Future[Any]:
+        """Continue a replayed workflow (resume); the caller holds its lease."""
+        record = ("resume", time.time(), {"code": _code_info(), "owner": owner_info().decode().strip()})
+        journal.append([record])
+        state.apply(record)
+        write_status(self.storage, state.workflow_id, _status_info(state, "RUNNING"))
+        return self._adopt(state, journal, lease)
+
+    def _adopt(self, state: WorkflowState, journal: Journal, lease: Lease) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        run = Run(state, journal, lease, future)
+        with self._lock:
+            self._runs[state.workflow_id] = run
+        self.call(lambda: self._start(run))
+        return future
+
+    def cancel_local(self, workflow_id: str) -> bool:
+        """Cancel a run of this process; False if there is none."""
+        run = self.local_run(workflow_id)
+        if run is None:
+            return False
+        done = threading.Event()
+
+        def do() -> None:
+            try:
+                if self._runs.get(workflow_id) is run:
+                    self._cancel(run)
+            finally:
+                done.set()
+
+        self.call(do)
+        done.wait()
+        return True
+
+    def shutdown(self) -> None:
+        """Stop every run (each stays resumable) and the executor."""
+        if self._stopped:
+            return
+        stopped = threading.Event()
+
+        def do() -> None:
+            for run in list(self._runs.values()):
+                self._abandon(
+                    run,
+                    KeelflowError(
+                        f"keelflow was shut down while workflow {run.workflow_id!r} ran; it can be resumed",
+                        workflow_id=run.workflow_id,
+                    ),
+                )
+            self._stopped = True
+            stopped.set()
+
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self.call(do)
+            stopped.wait(30)
+            self._thread.join(5)
+        self._stopped = True
+        self.executor.shutdown()
+
+    # -- the scheduler thread -------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stopped:
+            timeout = _CANCEL_POLL if self._runs else None
+            try:
+                outcomes = self.executor.wait(timeout)
+            except Exception:  # pragma: no cover - an executor bug must not kill the loop silently
+                log.exception("executor wait failed")
+                outcomes = []
+            while self._inbox:
+                try:
+                    self._inbox.popleft()()
+                except Exception:
+                    log.exception("keelflow scheduler command failed")
+            touched: dict[str, Run] = {}
+            for outcome in outcomes:
+                entry = self._tasks.pop(outcome.task_id, None)
+                if entry is None:
+                    continue  # abandoned (cancelled or failed run)
+                run, node = entry
+                if run.running.get(node) != outcome.task_id:
+                    continue
+                del run.running[node]
+                try:
+                    self._on_outcome(run, node, outcome)
+                except Exception as e:
+                    log.exception("keelflow could not record the outcome of step %s", run.state.step_name(node))
+                    self._abandon(run, e)
+                    continue
+                touched[run.workflow_id] = run
+            for run in touched.values():
+                self._commit(run)
+            if self._runs and time.monotonic() - self._last_cancel_poll > _CANCEL_POLL:
+                self._poll_cancels()
+
+    def _start(self, run: Run) -> None:
+        if run.state.finished or run.state.cancelled:
+            self._finish(run)
+        else:
+            self._dispatch(run)
+
+    def _commit(self, run: Run) -> None:
+        """Make the run's new records durable, then act on them."""
+        if self._runs.get(run.workflow_id) is not run:
+            return
+        records, run.records = run.records, []
+        if records:
+            try:
+                run.journal.append(records)
+            except Exception as e:
+                log.error("cannot write the journal of workflow %s: %s", run.workflow_id, e)
+                self._abandon(run, e)
+                return
+            for record in records:
+                run.state.apply(record)
+        self._dispatch(run)
+
+    def _dispatch(self, run: Run) -> None:
+        state = run.state
+        if state.finished or (state.failed is not None and not run.running):
+            self._finish(run)
+            return
+        if state.failed is not None or run.failing:
+            return
+        ready = state.ready
+        while ready:
+            index = ready.popleft()
+            node = state.nodes[index]
+            if node.done or node.continued is not None or index in run.running or node.error is not None:
+                continue
+            self._submit(run, index)
+        if run.records:  # a step failed before it could start (e.g. infeasible resources)
+            self._commit(run)
+
+    def _submit(self, run: Run, index: int) -> None:
+        state = run.state
+        node = state.nodes[index]
+        entry = state.funcs[node.func]
+        plain = entry.plain
+        demand = Demand(
+            float(plain.get("num_cpus", 1)),
+            float(plain.get("num_gpus", 0)),
+            tuple(sorted((plain.get("resources") or {}).items())),
+        )
+        problem = self.executor.check_demand(demand)
+        if problem is not None:
+            self._fail(run, index, KeelflowError(f"step {node.name} cannot run: {problem}"), "", time.time())
+            return
+        deps = {d - node.base: run.journal.load(state.nodes[d].output) for d in node.deps}
+        wanted = list(node.refs)
+        for d in node.deps:
+            wanted.extend(state.nodes[d].out_refs)
+        objects: dict[str, tuple[bytes, tuple[str, ...]]] = {}
+        while wanted:
+            ref_id = wanted.pop()
+            if ref_id not in objects:
+                data, nested = state.objects[ref_id]
+                objects[ref_id] = (run.journal.load(data), nested)
+                wanted.extend(nested)
+        task_id = next(self._task_ids)
+        payload = make_payload(run.workflow_id, node.name, node.args, deps, objects)
+        run.running[index] = task_id
+        run.started.setdefault(index, time.time())
+        run.attempts[index] += 1
+        self._tasks[task_id] = (run, index)
+        self.executor.submit(Task(task_id, RUNNER, entry.key, entry.blob, payload, demand, node.name))
+
+    def _on_outcome(self, run: Run, index: int, outcome: Outcome) -> None:
+        state = run.state
+        node = state.nodes[index]
+        plain = state.funcs[node.func].plain
+        attempts = run.attempts[index]
+        if outcome.result is None:
+            error = KeelflowError(f"step {node.name} did not finish: {outcome.error}")
+            if not outcome.not_started and attempts <= plain.get("max_retries", 3):
+                log.warning("retrying step %s of workflow %s: %s", node.name, run.workflow_id, outcome.error,
+                            extra={"workflow_id": run.workflow_id, "step_name": node.name})
+                self._submit(run, index)
+            else:
+                self._fail(run, index, error, "", time.time())
+            return
+        result = serialization.load_record(outcome.result)
+        kind = result[0]
+        start = run.started.pop(index, result[-2])
+        if kind == "ok":
+            _, data, refs, objects, _s, end = result
+            run.records.append(("done", index, run.journal.spill(data), refs,
+                                self._new_objects(run, objects), (start, end, attempts)))
+        elif kind == "cont":
+            _, dag_record, _s, end = result
+            dag = SubDag.from_record(dag_record)
+            dag.objects = self._new_objects(run, dag.objects)
+            run.records.append(("nodes", index, dag.to_record(), (start, end, attempts)))
+        else:
+            _, exc_blob, tb, retryable, caught, _s, end = result
+            if retryable and attempts <= plain.get("max_retries", 3):
+                run.started[index] = start
+                log.warning("step %s of workflow %s failed (attempt %d of %d), retrying",
+                            node.name, run.workflow_id, attempts, plain.get("max_retries", 3) + 1,
+                            extra={"workflow_id": run.workflow_id, "step_name": node.name})
+                self._submit(run, index)
+            elif caught is not None:
+                run.records.append(("done", index, run.journal.spill(caught), (), {}, (start, end, attempts)))
+            else:
+                self._fail(run, index, exc_blob, tb, end, start=start)
+
+    def _new_objects(self, run: Run, objects: dict[str, tuple[bytes, tuple[str, ...]]]) -> dict[str, Any]:
+        """Objects not yet stored for this workflow (each object is stored once)."""
+        known = run.state.objects
+        return {k: (run.journal.spill(d), n) for k, (d, n) in objects.items() if k not in known}
+
+    def _fail(self, run: Run, index: int, error: Any, tb: str, end: float, start: float | None = None) -> None:
+        exc_blob = error if isinstance(error, bytes) else cloudpickle.dumps(error)
+        begin = start if start is not None else run.started.pop(index, end)
+        run.records.append(("fail", index, exc_blob, tb, (begin, end, run.attempts[index])))
+        run.failing = True
+        last = tb.strip().splitlines()[-1] if tb.strip() else str(error)
+        log.error("step %s of workflow %s failed: %s", run.state.step_name(index), run.workflow_id, last,
+                  extra={"workflow_id": run.workflow_id, "step_name": run.state.step_name(index)})
+
+    def _finish(self, run: Run) -> None:
+        """The run has ended (successfully, failed, or cancelled): settle its future."""
+        state = run.state
+        with self._lock:
+            if self._runs.get(run.workflow_id) is not run:
+                return
+            del self._runs[run.workflow_id]
+        status = state.status_name
+        error: BaseException | None = None
+        value: Any = None
+        if status == "SUCCESSFUL":
+            try:
+                value = output_value(state, run.journal)
+            except Exception as e:
+                error = e
+        elif status == "FAILED":
+            error = execution_error(state)
+        else:
+            error = WorkflowCancelledError(workflow_id=run.workflow_id)
+        try:
+            write_status(self.storage, run.workflow_id, _status_info(state, status, ended=True))
+        finally:
+            run.lease.release()
+        log.info("workflow %s finished: %s", run.workflow_id, status, extra={"workflow_id": run.workflow_id})
+        if error is None:
+            run.future.set_result(value)
+        else:
+            run.future.set_exception(error)
+
+    def _cancel(self, run: Run) -> None:
+        self.executor.cancel(list(run.running.values()))
+        for task_id in run.running.values():
+            self._tasks.pop(task_id, None)
+        run.running.clear()
+        run.records.append(("cancel", time.time()))
+        records, run.records = run.records, []
+        run.journal.append(records)
+        for record in records:
+            run.state.apply(record)
+        self._finish(run)
+
+    def _abandon(self, run: Run, error: BaseException) -> None:
+        """Stop a run without recording an end: it stays resumable."""
+        self.executor.cancel(list(run.running.values()))
+        for task_id in run.running.values():
+            self._tasks.pop(task_id, None)
+        run.running.clear()
+        with self._lock:
+            if self._runs.get(run.workflow_id) is run:
+                del self._runs[run.workflow_id]
+        run.lease.release()
+        if not run.future.done():
+            run.future.set_exception(error)
+
+    def _poll_cancels(self) -> None:
+        self._last_cancel_poll = time.monotonic()
+        try:
+            requested = self.storage.children(CANCELS)
+        except Exception:
+            return
+        for workflow_id in requested:
+            run = self._runs.get(workflow_id)
+            if run is not None:
+                log.info("workflow %s cancelled from another process", workflow_id)
+                self._cancel(run)
+                self.storage.delete_prefix(f"{CANCELS}/{workflow_id}")
+
+
+# -- reading results ------------------------------------------------------------------------------
+def make_ref_resolver(state: WorkflowState, journal: Journal) -> Callable[[str], ObjectRef[Any]]:
+    """Refs to a workflow's stored objects, loaded from storage only when read."""
+    built: dict[str, ObjectRef[Any]] = {}
+
+    def resolve(ref_id: str) -> ObjectRef[Any]:
+        ref = built.get(ref_id)
+        if ref is None:
+            data, nested = state.objects[ref_id]
+            ref = ObjectRef(ref_id, journal.load(data), {n: resolve(n) for n in nested})
+            built[ref_id] = ref
+        return ref
+
+    return resolve
+
+
+def output_value(state: WorkflowState, journal: Journal, index: int = ROOT, *, resolve_top: bool = True) -> Any:
+    node = state.nodes[index]
+    data = journal.load(node.output)
+    value = serialization.decode(
+        data, what=f"the output of step {node.name}", resolve_ref=make_ref_resolver(state, journal)
+    )
+    if resolve_top and isinstance(value, ObjectRef) and not isinstance(value, FutureRef):
+        value = value._get()
+    return value
+
+
+def execution_error(state: WorkflowState) -> WorkflowExecutionError:
+    assert state.failed is not None
+    node = state.nodes[state.failed]
+    blob, tb = node.error or (b"", "")
+    try:
+        cause = serialization.decode(blob, what=f"the error of step {node.name}")
+    except SerializationError as e:
+        cause = e
+    message = f"workflow {state.workflow_id!r} failed in step {node.name}: {type(cause).__name__}: {cause}"
+    err = WorkflowExecutionError(message, workflow_id=state.workflow_id, step_name=node.name, traceback=tb)
+    err.__cause__ = cause
+    return err
+
+
+def _status_info(state: WorkflowState, status: str, ended: bool = False) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "status": status,
+        "start_time": state.start_time,
+        "user_metadata": state.header.get("user_metadata") or {},
+    }
+    if ended:
+        info["end_time"] = time.time()
+    return info
+
+
+def _code_info() -> dict[str, str]:
+    import platform
+
+    from .. import __version__
+
+    return {"keelflow": __version__, "python": platform.python_version()}
+
+
+def new_workflow_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:12]}"
+
+
+def cancel_key(workflow_id: str) -> str:
+    return f"{CANCELS}/{workflow_id}"
+
+
+def lease_key(workflow_id: str) -> str:
+    return wf_key(workflow_id, "lease")

@@ -1,0 +1,231 @@
+"""A workflow's state as the journal describes it: pure bookkeeping, no I/O.
+
+The same :meth:`WorkflowState.apply` builds the state live (record by record, right after
+each record is durable) and on recovery (replaying the journal), so what a resumed run
+believes is exactly what the original run had committed.
+
+Records are tuples of plain values:
+
+``("start", header, dag, time)``           the workflow and its root DAG
+``("nodes", parent, dag, stats)``          step ``parent`` returned a sub-DAG (a continuation)
+``("done", node, output, refs, objects, stats)``  a step's output
+``("fail", node, error, traceback, stats)``       a step failed for good: the workflow is FAILED
+``("resume", time, info)``                 a new run took over
+``("cancel", time)``                       cancelled for good
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from .dag import FuncEntry, SubDag
+
+__all__ = ["Node", "WorkflowState"]
+
+ROOT = 0
+
+
+class Node:
+    __slots__ = (
+        "base",
+        "func",
+        "args",
+        "deps",
+        "refs",
+        "name",
+        "waiting",
+        "dependents",
+        "consumers",
+        "output",
+        "out_refs",
+        "done",
+        "alias_of",
+        "continued",
+        "start",
+        "end",
+        "attempts",
+        "error",
+    )
+
+    def __init__(
+        self, base: int, func: int, args: bytes, deps: tuple[int, ...], refs: tuple[str, ...], name: str
+    ) -> None:
+        self.base = base  # index of its batch's first node: arguments name deps relative to it
+        self.func = func
+        self.args = args
+        self.deps = deps
+        self.refs = refs
+        self.name = name
+        self.waiting = 0
+        self.dependents: list[int] = []
+        self.consumers = 0
+        self.output: Any = None  # bytes, ("blob", key) or None once released
+        self.out_refs: tuple[str, ...] = ()
+        self.done = False
+        self.alias_of: int | None = None
+        self.continued: int | None = None
+        self.start: float | None = None
+        self.end: float | None = None
+        self.attempts = 0
+        self.error: tuple[bytes, str] | None = None
+
+
+class WorkflowState:
+    """Nodes, functions and objects of one workflow, and which steps may run next."""
+
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        self.header: dict[str, Any] = {}
+        self.start_time: float | None = None
+        self.nodes: list[Node] = []
+        self.funcs: list[FuncEntry] = []
+        self._func_keys: dict[str, int] = {}
+        self.objects: dict[str, tuple[bytes, tuple[str, ...]]] = {}
+        self.names: dict[str, int] = {}
+        self._name_counts: dict[str, int] = {}
+        self.ready: deque[int] = deque()
+        self.failed: int | None = None
+        self.cancelled = False
+        self.resumes: list[tuple[float, dict[str, Any]]] = []
+
+    # -- queries -------------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return bool(self.nodes) and self.nodes[ROOT].done
+
+    @property
+    def status_name(self) -> str:
+        if self.cancelled:
+            return "CANCELED"
+        if self.finished:
+            return "SUCCESSFUL"
+        if self.failed is not None:
+            return "FAILED"
+        return "RUNNING"
+
+    def step_name(self, index: int) -> str:
+        return self.nodes[index].name
+
+    def func_of(self, index: int) -> FuncEntry:
+        return self.funcs[self.nodes[index].func]
+
+    def end_time(self) -> float | None:
+        return self.nodes[ROOT].end if self.finished else None
+
+    # -- applying records ----------------------------------------------------------------------
+    def apply(self, record: tuple[Any, ...]) -> None:
+        kind = record[0]
+        if kind == "done":
+            self._done(record[1], record[2], record[3], record[4], record[5])
+        elif kind == "nodes":
+            self._continue(record[1], SubDag.from_record(record[2]), record[3])
+        elif kind == "start":
+            self.header = record[1]
+            self.start_time = record[3]
+            self._add_dag(SubDag.from_record(record[2]))
+        elif kind == "fail":
+            node = self.nodes[record[1]]
+            node.error = (record[2], record[3])
+            node.start, node.end, node.attempts = record[4]
+            self.failed = record[1]
+        elif kind == "resume":
+            self.resumes.append((record[1], record[2]))
+            self._reset_failed()
+        elif kind == "cancel":
+            self.cancelled = True
+        else:
+            raise ValueError(f"unknown journal record {kind!r}")
+
+    def _add_dag(self, dag: SubDag) -> int:
+        """Append a flattened DAG; returns the global index of its root."""
+        base = len(self.nodes)
+        fmap = []
+        for entry in dag.funcs:
+            g = self._func_keys.get(entry.key)
+            if g is None:
+                g = self._func_keys[entry.key] = len(self.funcs)
+                self.funcs.append(entry)
+            fmap.append(g)
+        self.objects.update(dag.objects)
+        for spec in dag.nodes:
+            func = fmap[spec.func]
+            entry = self.funcs[func]
+            deps = tuple(base + d for d in spec.deps)
+            node = Node(base, func, spec.args, deps, spec.refs, self._unique_name(entry.plain.get("name") or entry.name))
+            self.names[node.name] = len(self.nodes)
+            self.nodes.append(node)
+        # Wire dependencies from the leaves up; the batch only points inside itself.
+        for i in range(base, len(self.nodes)):
+            node = self.nodes[i]
+            node.waiting = len(node.deps)
+            for d in node.deps:
+                dep = self.nodes[d]
+                dep.dependents.append(i)
+                dep.consumers += 1
+            if not node.deps:
+                self.ready.append(i)
+        return base
+
+    def _unique_name(self, base: str) -> str:
+        count = self._name_counts.get(base, 0)
+        name = base if count == 0 else f"{base}_{count}"
+        while name in self.names:
+            count += 1
+            name = f"{base}_{count}"
+        self._name_counts[base] = count + 1
+        return name
+
+    def _continue(self, parent: int, dag: SubDag, stats: tuple[float, float, int]) -> None:
+        root = self._add_dag(dag)
+        p = self.nodes[parent]
+        p.start, p.end, p.attempts = stats
+        p.continued = root
+        self.nodes[root].alias_of = parent
+        self._release_inputs(p)
+
+    def _done(
+        self,
+        index: int,
+        output: Any,
+        refs: tuple[str, ...],
+        objects: dict[str, tuple[bytes, tuple[str, ...]]],
+        stats: tuple[float, float, int],
+    ) -> None:
+        self.objects.update(objects)
+        node = self.nodes[index]
+        node.start, node.end, node.attempts = stats
+        if node.continued is None:
+            self._release_inputs(node)
+        # Resolve the node, then every step it was the continuation of, without recursion.
+        current: int | None = index
+        while current is not None:
+            n = self.nodes[current]
+            n.output, n.out_refs, n.done = output, refs, True
+            if n.end is None or n.continued is not None:
+                n.end = stats[1]
+            for d in n.dependents:
+                dependent = self.nodes[d]
+                dependent.waiting -= 1
+                if dependent.waiting == 0:
+                    self.ready.append(d)
+            parent = n.alias_of
+            if parent is not None and current != ROOT:
+                n.output = None  # the parent holds it now
+            current = parent
+
+    def _release_inputs(self, node: Node) -> None:
+        """A step has used its inputs for good: drop outputs nobody else needs (memory)."""
+        for d in node.deps:
+            dep = self.nodes[d]
+            dep.consumers -= 1
+            if dep.consumers == 0 and d != ROOT:
+                dep.output = None
+
+    def _reset_failed(self) -> None:
+        if self.failed is not None:
+            node = self.nodes[self.failed]
+            node.error = None
+            node.attempts = 0
+            self.ready.append(self.failed)
+        self.failed = None

@@ -1,0 +1,125 @@
+"""Running one step: the code an executor's worker calls, in whatever process it lives.
+
+The engine sends a payload of plain bytes (encoded arguments, the outputs of the steps they
+name, and the objects they mention); this module turns it back into Python values, calls the
+step function, and encodes what happened. A step that returns a ``Workflow`` is flattened
+here, next to the code that built it, so the engine never has to import user code to
+continue a dynamic workflow.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any
+
+import cloudpickle
+
+from .. import serialization
+from ..errors import KeelflowError, SerializationError
+from ..objects import FutureRef, ObjectRef, current_workflow
+from ..step import StepFunction, Workflow
+from .dag import collect_refs, flatten
+
+__all__ = ["make_payload", "run_task"]
+
+RUNNER = "keelflow.engine.task:run_task"
+
+
+def make_payload(
+    workflow_id: str,
+    step_name: str,
+    args: bytes,
+    deps: dict[int, bytes],
+    objects: dict[str, tuple[bytes, tuple[str, ...]]],
+) -> bytes:
+    return serialization.dump_record((workflow_id, step_name, args, deps, objects))
+
+
+class _Refs:
+    """Builds ObjectRefs from the payload's object table, nested refs included, on demand."""
+
+    def __init__(self, table: dict[str, tuple[bytes, tuple[str, ...]]]) -> None:
+        self._table = table
+        self._built: dict[str, ObjectRef[Any]] = {}
+
+    def __call__(self, ref_id: str) -> ObjectRef[Any]:
+        ref = self._built.get(ref_id)
+        if ref is None:
+            data, nested = self._table[ref_id]
+            ref = ObjectRef(ref_id, data, {n: self(n) for n in nested})
+            self._built[ref_id] = ref
+        return ref
+
+
+def _dump_exception(exc: BaseException) -> bytes:
+    try:
+        return cloudpickle.dumps(exc)
+    except Exception:
+        # An exception that cannot travel is replaced by one that can, keeping its text.
+        return cloudpickle.dumps(KeelflowError(f"{type(exc).__qualname__}: {exc}"))
+
+
+def run_task(func: StepFunction[Any], payload: bytes) -> bytes:
+    """Run one attempt of a step and encode its outcome as a record."""
+    workflow_id, step_name, args_data, deps, objects = serialization.load_record(payload)
+    opts = func.options_in_force
+    token = current_workflow.set(workflow_id)
+    start = time.time()
+    try:
+        refs = _Refs(objects)
+        outputs: dict[int, Any] = {}
+
+        def resolve_node(index: int) -> Any:
+            if index not in outputs:
+                outputs[index] = serialization.decode(
+                    deps[index], what=f"an input of step {step_name}", resolve_ref=refs
+                )
+            return outputs[index]
+
+        args, kwargs = serialization.decode(
+            args_data, what=f"the arguments of step {step_name}", resolve_ref=refs, resolve_node=resolve_node
+        )
+        result = func._func(*args, **kwargs)
+        if isinstance(result, FutureRef):
+            result = result.result()
+        if isinstance(result, ObjectRef) and not isinstance(result, FutureRef):
+            # A step whose output is a ref outputs the ref's value (as a workflow does).
+            result = result._get()
+        if isinstance(result, Workflow):
+            dag = flatten(result, what=f"the continuation of step {step_name}")
+            return serialization.dump_record(("cont", dag.to_record(), start, time.time()))
+        if opts.catch_exceptions:
+            result = (result, None)
+        found: dict[str, ObjectRef[Any]] = {}
+
+        def on_ref(ref: ObjectRef[Any]) -> str:
+            ref = ref._settled()
+            found[ref.id] = ref
+            return ref.id
+
+        data = serialization.encode(result, what=f"the output of step {step_name}", on_ref=on_ref)
+        table: dict[str, tuple[bytes, tuple[str, ...]]] = {}
+        collect_refs(found, table)
+        return serialization.dump_record(("ok", data, tuple(found), table, start, time.time()))
+    except Exception as exc:
+        end = time.time()
+        tb = traceback.format_exc()
+        caught = None
+        if opts.catch_exceptions:
+            caught = cloudpickle.dumps((None, exc)) if _picklable(exc) else cloudpickle.dumps(
+                (None, KeelflowError(f"{type(exc).__qualname__}: {exc}"))
+            )
+        # An output that cannot be serialized will not serialize on a retry either.
+        retryable = opts.should_retry(exc) and not isinstance(exc, SerializationError)
+        return serialization.dump_record(("err", _dump_exception(exc), tb, retryable, caught, start, end))
+    finally:
+        current_workflow.reset(token)
+
+
+def _picklable(exc: BaseException) -> bool:
+    try:
+        cloudpickle.dumps(exc)
+        return True
+    except Exception:
+        return False

@@ -1,0 +1,142 @@
+"""The exceptions keelflow raises to its users, all under one root.
+
+::
+
+    KeelflowError
+    ├── WorkflowNotFoundError        unknown workflow id
+    ├── StepNotFoundError            unknown step name in get_output / get_metadata
+    ├── ActorNotFoundError           get_actor of an unknown id
+    ├── WorkflowExecutionError       a step failed; __cause__ is the step's own exception
+    ├── WorkflowCancelledError       output of a cancelled workflow
+    ├── WorkflowRunningError         the workflow is owned by a live runner
+    ├── SerializationError           an argument, output or state cannot be serialized
+    ├── InvalidIdError               a bad workflow or actor id (also a ValueError)
+    └── StorageError                 storage unreachable, unwritable, or unknown scheme
+        ├── CorruptCheckpointError   a stored record cannot be read; .path names it
+        └── StorageFormatError       storage written by a newer format version
+
+Every error keeps its structured fields (``workflow_id``, ``step_name``, ``path``)
+through pickling, so errors raised in a worker process arrive intact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ActorNotFoundError",
+    "CorruptCheckpointError",
+    "InvalidIdError",
+    "KeelflowError",
+    "SerializationError",
+    "StepNotFoundError",
+    "StorageError",
+    "StorageFormatError",
+    "WorkflowCancelledError",
+    "WorkflowExecutionError",
+    "WorkflowNotFoundError",
+    "WorkflowRunningError",
+]
+
+
+class KeelflowError(Exception):
+    """Root of every error keelflow raises on purpose."""
+
+    def __init__(self, message: str = "", **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        for name, value in fields.items():
+            setattr(self, name, value)
+        self._fields = fields
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions pickle their args only by default; keep the keyword fields too.
+        return (_rebuild_error, (type(self), self.message, self._fields), self.__dict__)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild_error(cls: type[KeelflowError], message: str, fields: dict[str, Any]) -> KeelflowError:
+    return cls(message, **fields)
+
+
+class WorkflowNotFoundError(KeelflowError):
+    """No workflow with this id exists in storage."""
+
+    def __init__(self, message: str = "", *, workflow_id: str | None = None, **kw: Any) -> None:
+        super().__init__(message or f"no workflow with id {workflow_id!r}", workflow_id=workflow_id, **kw)
+
+
+class StepNotFoundError(KeelflowError):
+    """The workflow has no step with this name."""
+
+    def __init__(
+        self, message: str = "", *, workflow_id: str | None = None, step_name: str | None = None, **kw: Any
+    ) -> None:
+        super().__init__(
+            message or f"workflow {workflow_id!r} has no step named {step_name!r}",
+            workflow_id=workflow_id,
+            step_name=step_name,
+            **kw,
+        )
+
+
+class ActorNotFoundError(KeelflowError):
+    """No virtual actor with this id exists in storage."""
+
+    def __init__(self, message: str = "", *, actor_id: str | None = None, **kw: Any) -> None:
+        super().__init__(message or f"no virtual actor with id {actor_id!r}", actor_id=actor_id, **kw)
+
+
+class WorkflowExecutionError(KeelflowError):
+    """A step failed after its retries; ``__cause__`` is the step's own exception."""
+
+    def __init__(
+        self, message: str = "", *, workflow_id: str | None = None, step_name: str | None = None, **kw: Any
+    ) -> None:
+        super().__init__(
+            message or f"workflow {workflow_id!r} failed in step {step_name!r}",
+            workflow_id=workflow_id,
+            step_name=step_name,
+            **kw,
+        )
+
+
+class WorkflowCancelledError(KeelflowError):
+    """The workflow was cancelled; its result is unavailable."""
+
+    def __init__(self, message: str = "", *, workflow_id: str | None = None, **kw: Any) -> None:
+        super().__init__(message or f"workflow {workflow_id!r} was cancelled", workflow_id=workflow_id, **kw)
+
+
+class WorkflowRunningError(KeelflowError):
+    """The workflow is owned by a live runner, so this operation is refused."""
+
+    def __init__(self, message: str = "", *, workflow_id: str | None = None, **kw: Any) -> None:
+        super().__init__(
+            message or f"workflow {workflow_id!r} is running in a live process", workflow_id=workflow_id, **kw
+        )
+
+
+class SerializationError(KeelflowError):
+    """A value could not be serialized; the message names which one."""
+
+
+class InvalidIdError(KeelflowError, ValueError):
+    """A workflow or actor id that cannot name a storage location."""
+
+
+class StorageError(KeelflowError):
+    """Storage is unreachable, unwritable, or named with an unknown scheme."""
+
+
+class CorruptCheckpointError(StorageError):
+    """A stored record cannot be read; ``path`` names it."""
+
+    def __init__(self, message: str = "", *, path: str | None = None, **kw: Any) -> None:
+        super().__init__(message or f"corrupted checkpoint at {path}", path=path, **kw)
+
+
+class StorageFormatError(StorageError):
+    """Storage was written by a newer keelflow format version than this one reads."""

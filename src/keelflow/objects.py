@@ -1,0 +1,159 @@
+"""Object refs: ``workflow.put`` / ``workflow.get``, and refs to results still on their way.
+
+An :class:`ObjectRef` is an immutable snapshot: ``put`` serializes the value at once (as Ray's
+``put`` copies it), so mutating the original later changes nothing. The bytes are what gets
+checkpointed — once per workflow, however many steps receive the ref.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import uuid
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from . import serialization
+from .errors import KeelflowError
+
+__all__ = ["ObjectRef", "get", "put"]
+
+T = TypeVar("T")
+_MISSING: Any = object()
+
+#: The workflow whose step is running in this thread (set by the step runner).
+current_workflow: contextvars.ContextVar[str | None] = contextvars.ContextVar("keelflow_wf", default=None)
+
+
+class ObjectRef(Generic[T]):
+    """A reference to a stored value. Pass it into steps; read it with ``workflow.get``."""
+
+    __slots__ = ("_id", "_data", "_refs", "_value", "_loader", "__weakref__")
+
+    def __init__(
+        self,
+        ref_id: str,
+        data: bytes | None = None,
+        refs: dict[str, ObjectRef[Any]] | None = None,
+        loader: Callable[[str], tuple[bytes, dict[str, ObjectRef[Any]]]] | None = None,
+    ) -> None:
+        self._id = ref_id
+        self._data = data
+        self._refs = refs or {}
+        self._value: Any = _MISSING
+        self._loader = loader
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @classmethod
+    def of(cls, value: Any) -> ObjectRef[Any]:
+        refs: dict[str, ObjectRef[Any]] = {}
+
+        def on_ref(ref: ObjectRef[Any]) -> str:
+            ref = ref._settled()
+            refs[ref._id] = ref
+            return ref._id
+
+        data = serialization.encode(value, what="the value given to workflow.put", on_ref=on_ref)
+        ref: ObjectRef[Any] = cls(uuid.uuid4().hex, data, refs)
+        ref._value = value if _immutable(value) else _MISSING
+        return ref
+
+    def _settled(self) -> ObjectRef[T]:
+        """A ref whose bytes are known (futures override this to wait)."""
+        return self
+
+    def _bytes(self) -> tuple[bytes, dict[str, ObjectRef[Any]]]:
+        if self._data is None:
+            if self._loader is None:
+                raise KeelflowError(f"object {self._id} has no value in this process")
+            self._data, self._refs = self._loader(self._id)
+        return self._data, self._refs
+
+    def _get(self) -> T:
+        if self._value is _MISSING:
+            data, refs = self._bytes()
+            self._value = serialization.decode(
+                data, what=f"object {self._id}", resolve_ref=lambda rid: refs[rid]
+            )
+        return self._value  # type: ignore[no-any-return]
+
+    def __reduce__(self) -> Any:
+        # Plain pickling (outside keelflow's own encoder) carries the bytes along.
+        data, refs = self._bytes()
+        return _rebuild_ref, (self._id, data, refs)
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self._id})"
+
+
+def _rebuild_ref(ref_id: str, data: bytes, refs: dict[str, ObjectRef[Any]]) -> ObjectRef[Any]:
+    return ObjectRef(ref_id, data, refs)
+
+
+def _immutable(value: Any) -> bool:
+    return value is None or isinstance(value, (int, float, complex, str, bytes, bool, frozenset))
+
+
+class FutureRef(ObjectRef[T]):
+    """The result of ``run_async`` and friends: a ref that settles when the work ends."""
+
+    __slots__ = ("_future", "_workflow_id")
+
+    def __init__(self, future: concurrent.futures.Future[Any], workflow_id: str | None = None) -> None:
+        super().__init__(uuid.uuid4().hex)
+        self._future = future
+        self._workflow_id = workflow_id
+
+    @property
+    def workflow_id(self) -> str | None:
+        return self._workflow_id
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> T:
+        """Wait for the value (``workflow.get(ref)`` does the same)."""
+        running = current_workflow.get()
+        if running is not None and running == self._workflow_id and not self._future.done():
+            raise KeelflowError(
+                f"a step of workflow {running!r} cannot wait for that workflow's own output; "
+                "pass the node to the next step instead"
+            )
+        return self._future.result(timeout)  # type: ignore[no-any-return]
+
+    def _get(self) -> T:
+        value = self.result()
+        return value._get() if isinstance(value, ObjectRef) else value
+
+    def _settled(self) -> ObjectRef[T]:
+        value = self.result()
+        if isinstance(value, ObjectRef):
+            return value._settled()
+        return ObjectRef.of(value)
+
+    def _bytes(self) -> tuple[bytes, dict[str, ObjectRef[Any]]]:
+        return self._settled()._bytes()
+
+    def __repr__(self) -> str:
+        state = "done" if self._future.done() else "pending"
+        return f"FutureRef({self._workflow_id or self._id}, {state})"
+
+
+def put(value: T) -> ObjectRef[T]:
+    """Store ``value`` as an object and return a ref to it."""
+    return ObjectRef.of(value)
+
+
+def get(ref: Any, timeout: float | None = None) -> Any:
+    """The value behind a ref, a list of refs, or a plain value (returned as is)."""
+    if isinstance(ref, FutureRef):
+        value = ref.result(timeout)
+        return value._get() if isinstance(value, ObjectRef) else value
+    if isinstance(ref, ObjectRef):
+        return ref._get()
+    if isinstance(ref, list):
+        return [get(r, timeout) for r in ref]
+    return ref

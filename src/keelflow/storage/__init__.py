@@ -1,0 +1,39 @@
+"""Storage backends, built from a URL in exactly one place: :func:`open_storage`."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+from ..errors import StorageError
+from .base import Lease, Storage
+
+__all__ = ["Lease", "Storage", "open_storage"]
+
+_SCHEMES = ("file", "memory", "s3")
+
+
+def open_storage(url: str | os.PathLike[str]) -> Storage:
+    """Open the storage named by ``url``: a path, ``file://…``, ``memory://[name]``, ``s3://…``."""
+    text = os.fspath(url)
+    if not isinstance(text, str) or not text.strip():
+        raise StorageError(f"storage must be a non-empty path or URL, got {url!r}")
+    if "://" not in text:
+        from .file import FileStorage
+
+        return FileStorage(os.path.expanduser(text))
+    scheme = text.split("://", 1)[0].lower()
+    if scheme == "file":
+        from .file import FileStorage
+
+        path = urlsplit(text).path if text.startswith("file:///") else text[len("file://") :]
+        return FileStorage(os.path.expanduser(path))
+    if scheme == "memory":
+        from .memory import MemoryStorage
+
+        return MemoryStorage.named(text[len("memory://") :])
+    if scheme == "s3":
+        raise StorageError(
+            "s3:// storage is not available in this keelflow release yet; use a local or shared directory"
+        )
+    raise StorageError(f"unknown storage scheme {scheme!r} in {text!r}; use one of: path, {', '.join(_SCHEMES)}")

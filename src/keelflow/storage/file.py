@@ -1,0 +1,289 @@
+"""Storage in a local (or shared) directory.
+
+Durability: appends are ``write`` + ``fdatasync`` on a kept-open descriptor (one flush per
+call); new files and directories also flush their parent directory so they survive a machine
+crash. Replacing a file goes through a temporary file and ``rename``.
+
+Leases are ``flock`` locks on a file per key: the kernel drops them when the holder dies,
+kill -9 included, so a dead owner never needs to be timed out. On a shared filesystem this is
+only as good as its ``flock`` (NFSv4 implements it with server-side locks; older NFS may not).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import threading
+import time
+import uuid
+
+from ..errors import StorageError
+from .base import Lease, Storage
+
+__all__ = ["FileStorage"]
+
+_TMP = ".tmp-"
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class _FileLease(Lease):
+    def __init__(self, fd: int, path: str) -> None:
+        self._fd: int | None = fd
+        self._path = path
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+
+class FileStorage(Storage):
+    """Keys are files below ``root``."""
+
+    can_append = True
+    shared = True
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self.url = "file://" + self.root
+        self._lock = threading.Lock()
+        self._append_fds: dict[str, int] = {}
+        self._known_dirs: set[str] = set()
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot create storage directory {self.root}: {e.strerror}", path=self.root) from e
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise StorageError(f"storage directory {self.root} is not writable", path=self.root)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, key)
+
+    def _error(self, action: str, path: str, e: OSError) -> StorageError:
+        reason = e.strerror or str(e)
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            reason += " (storage is read-only or not writable)"
+        return StorageError(f"cannot {action} {path}: {reason}", path=path)
+
+    def _ensure_dir(self, directory: str) -> None:
+        """Create ``directory`` and missing parents, flushing each new entry to disk."""
+        if directory in self._known_dirs:
+            return
+        missing = []
+        d = directory
+        while not os.path.isdir(d):
+            missing.append(d)
+            d = os.path.dirname(d)
+        for d in reversed(missing):
+            try:
+                os.mkdir(d)
+            except FileExistsError:
+                pass
+            _fsync_dir(os.path.dirname(d))
+        self._known_dirs.add(directory)
+
+    def location(self, key: str) -> str:
+        return self._path(key)
+
+    # -- protocol ----------------------------------------------------------------------------
+    def get(self, key: str) -> bytes | None:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        except OSError as e:
+            raise self._error("read", path, e) from e
+
+    def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        path = self._path(key)
+        directory = os.path.dirname(path)
+        tmp = os.path.join(directory, _TMP + uuid.uuid4().hex)
+        try:
+            self._ensure_dir(directory)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                _write_all(fd, data)
+                if durable:
+                    os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            with self._lock:
+                # A replaced journal must not keep receiving appends through a stale fd.
+                stale = self._append_fds.pop(key, None)
+            if stale is not None:
+                os.close(stale)
+            os.replace(tmp, path)
+            if durable:
+                _fsync_dir(directory)
+        except OSError as e:
+            _silent_unlink(tmp)
+            raise self._error("write", path, e) from e
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        directory = os.path.dirname(path)
+        tmp = os.path.join(directory, _TMP + uuid.uuid4().hex)
+        try:
+            self._ensure_dir(directory)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                _write_all(fd, data)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            try:
+                # link() refuses an existing name: an atomic create of a complete file.
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                _silent_unlink(tmp)
+            _fsync_dir(directory)
+            return True
+        except OSError as e:
+            _silent_unlink(tmp)
+            raise self._error("write", path, e) from e
+
+    def append(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        try:
+            with self._lock:
+                fd = self._append_fds.get(key)
+            if fd is None:
+                fd = self._open_append(key, path)
+            _write_all(fd, data)
+            os.fdatasync(fd)
+        except OSError as e:
+            raise self._error("append to", path, e) from e
+
+    def _open_append(self, key: str, path: str) -> int:
+        directory = os.path.dirname(path)
+        self._ensure_dir(directory)
+        created = not os.path.exists(path)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if created:
+            _fsync_dir(directory)
+        with self._lock:
+            other = self._append_fds.setdefault(key, fd)
+        if other != fd:
+            os.close(fd)
+        return other
+
+    def children(self, prefix: str) -> list[str]:
+        path = self._path(prefix)
+        try:
+            names = os.listdir(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as e:
+            raise self._error("list", path, e) from e
+        return sorted(n for n in names if not n.startswith(_TMP))
+
+    def delete_prefix(self, prefix: str) -> None:
+        path = self._path(prefix)
+        with self._lock:
+            doomed = [k for k in self._append_fds if k == prefix or k.startswith(prefix.rstrip("/") + "/")]
+            fds = [self._append_fds.pop(k) for k in doomed]
+            self._known_dirs = {d for d in self._known_dirs if not (d == path or d.startswith(path + os.sep))}
+        for fd in fds:
+            os.close(fd)
+        try:
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise self._error("delete", path, e) from e
+
+    def acquire_lease(self, key: str, owner: bytes) -> Lease | None:
+        path = self._path(key)
+        try:
+            self._ensure_dir(os.path.dirname(path))
+            while True:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                if not _try_flock(fd):
+                    os.close(fd)
+                    return None
+                # The file may have been deleted (and recreated) between open and flock;
+                # a lock on an unlinked inode protects nothing, so retry on the live one.
+                try:
+                    same = os.fstat(fd).st_ino == os.stat(path).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    break
+                os.close(fd)
+            os.ftruncate(fd, 0)
+            _write_all(fd, owner)
+            return _FileLease(fd, path)
+        except OSError as e:
+            raise self._error("lock", path, e) from e
+
+    def lease_held(self, key: str) -> bool:
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise self._error("read lease", path, e) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops our probe lock, if we got it
+        return False
+
+    def close(self) -> None:
+        with self._lock:
+            fds = list(self._append_fds.values())
+            self._append_fds.clear()
+        for fd in fds:
+            os.close(fd)
+
+
+def _try_flock(fd: int) -> bool:
+    # lease_held() probes with a shared lock for a few microseconds; don't mistake a probe
+    # for a holder.
+    for attempt in range(5):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            time.sleep(0.001 * (attempt + 1))
+    return False
+
+
+def _silent_unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
