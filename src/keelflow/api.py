@@ -565,7 +565,7 @@ def get_metadata(workflow_id: str, name: str | None = None) -> dict[str, Any]:
     start = node.start if node.start is not None else (run.started.get(index) if run is not None else None)
     if start is not None:
         step_stats["start_time"] = start
-    if node.done and node.end is not None:
+    if (node.done or node.error is not None) and node.end is not None:
         step_stats["end_time"] = node.end
     return {
         "name": name,

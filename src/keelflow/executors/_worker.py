@@ -146,7 +146,9 @@ def main(fd: int) -> None:
         task_id, runner_name, func_key, blob, payload = loads(message)
         del message
         if blob is not None:
+            # A blob is only sent to a worker that lacks it; if one comes again, it wins.
             blobs[func_key] = blob
+            funcs.pop(func_key, None)
         start = clock()
         result, error = run_task(runners, funcs, blobs, runner_name, func_key, payload)
         elapsed = clock() - start

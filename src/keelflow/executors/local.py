@@ -295,16 +295,27 @@ class ProcessExecutor(Executor):
     def wait(self, timeout: float | None) -> list[Outcome]:
         if self._closed:
             return []
-        if self._ready:
-            timeout = 0
-        ms = None if timeout is None else max(0.0, timeout) * 1000.0
-        for fd, _ in self._poller.poll(ms):
-            w = self._by_fd.get(fd)
-            if w is not None:
-                self._drain(w)
-            elif fd == self._wake_r.fileno():
-                self._drain_wake()
-        self._queue.dispatch(self._place)
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        wake_fd = self._wake_r.fileno()
+        while True:
+            if self._ready:
+                ms: float | None = 0.0
+            elif deadline is None:
+                ms = None
+            else:
+                ms = max(0.0, deadline - time.monotonic()) * 1000.0
+            woken = False
+            for fd, _ in self._poller.poll(ms):
+                w = self._by_fd.get(fd)
+                if w is not None:
+                    self._drain(w)
+                elif fd == wake_fd:
+                    self._drain_wake()
+                    woken = True
+            self._queue.dispatch(self._place)
+            # Messages that were no outcome (a worker's handshake) must not end the wait early.
+            if self._ready or woken or ms == 0.0:
+                break
         out, self._ready = self._ready, []
         return out
 
@@ -333,6 +344,7 @@ class ProcessExecutor(Executor):
         self._finalizer()
         self._idle.clear()
         self._busy.clear()
+        self._by_fd.clear()
         self._worker_of.clear()
 
     # -- placement -------------------------------------------------------------------------
@@ -409,11 +421,14 @@ class ProcessExecutor(Executor):
         finally:
             child_end.close()
         w = _Worker(proc, Connection(parent_end.detach()))
-        sys_path = self._sys_path if self._sys_path is not None else list(sys.path)
-        w.conn.send_bytes(pickle.dumps((sys_path, self._env), pickle.HIGHEST_PROTOCOL))
         self._workers[w.pid] = w
         self._by_fd[w.fileno()] = w
         self._poller.register(w.fileno(), select.POLLIN)
+        sys_path = self._sys_path if self._sys_path is not None else list(sys.path)
+        try:
+            w.conn.send_bytes(pickle.dumps((sys_path, self._env), pickle.HIGHEST_PROTOCOL))
+        except OSError:
+            pass  # it died at once: its EOF is handled like any other worker death
         return w
 
     # -- results ---------------------------------------------------------------------------
@@ -455,7 +470,7 @@ class ProcessExecutor(Executor):
         if not entries:
             return
         first = entries[0]
-        if first.task.task_id == failed_send:
+        if started and first.task.task_id == failed_send:  # it never got the task
             self._queue.requeue((e.seq, e.task) for e in entries)
             return
         status = f"exit code {code}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -98,26 +99,32 @@ class ThreadExecutor(Executor):
     def wait(self, timeout: float | None) -> list[Outcome]:
         if self._closed:
             return []
-        items: list[_Done] = []
-        try:
-            if self._ready:
-                items.append(self._done.get_nowait())
-            else:
-                items.append(self._done.get(timeout=timeout))
-            while True:
-                items.append(self._done.get_nowait())
-        except queue.Empty:
-            pass
-        for item in items:
-            if item is None:
-                continue
-            task, result, error = item
-            self._cap.release(self._running.pop(task.task_id))
-            if task.task_id in self._discard:
-                self._discard.discard(task.task_id)
-            else:
-                self._ready.append(Outcome(task.task_id, result=result, error=error))
-        self._queue.dispatch(self._place)
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while True:
+            items: list[_Done] = []
+            try:
+                if self._ready:
+                    items.append(self._done.get_nowait())
+                else:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    items.append(self._done.get(timeout=left))
+                while True:
+                    items.append(self._done.get_nowait())
+            except queue.Empty:
+                pass
+            woken = not items or None in items  # empty: timed out
+            for item in items:
+                if item is None:
+                    continue
+                task, result, error = item
+                self._cap.release(self._running.pop(task.task_id))
+                if task.task_id in self._discard:  # cancelled while running
+                    self._discard.discard(task.task_id)
+                else:
+                    self._ready.append(Outcome(task.task_id, result=result, error=error))
+            self._queue.dispatch(self._place)
+            if self._ready or woken:
+                break
         out, self._ready = self._ready, []
         return out
 

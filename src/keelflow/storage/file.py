@@ -71,12 +71,13 @@ class FileStorage(Storage):
         self._lock = threading.Lock()
         self._append_fds: dict[str, int] = {}
         self._known_dirs: set[str] = set()
+        self._unsynced: set[str] = set()
         try:
             os.makedirs(self.root, exist_ok=True)
         except OSError as e:
             raise StorageError(f"cannot create storage directory {self.root}: {e.strerror}", path=self.root) from e
         if not os.access(self.root, os.W_OK | os.X_OK):
-            raise StorageError(f"storage directory {self.root} is not writable", path=self.root)
+            raise StorageError(f"storage directory {self.root} is read-only or not writable", path=self.root)
 
     # -- helpers -----------------------------------------------------------------------------
     def _path(self, key: str) -> str:
@@ -89,7 +90,9 @@ class FileStorage(Storage):
         return StorageError(f"cannot {action} {path}: {reason}", path=path)
 
     def _ensure_dir(self, directory: str) -> None:
-        """Create ``directory`` and missing parents, flushing each new entry to disk."""
+        """Create ``directory`` and missing parents. Their entries are flushed later, by
+        :meth:`_sync_dirs`, after the data that needs them: one filesystem commit then
+        covers both (a flush per directory first would cost a commit each)."""
         if directory in self._known_dirs:
             return
         missing = []
@@ -101,9 +104,23 @@ class FileStorage(Storage):
             try:
                 os.mkdir(d)
             except FileExistsError:
-                pass
-            _fsync_dir(os.path.dirname(d))
-        self._known_dirs.add(directory)
+                continue
+            with self._lock:
+                self._unsynced.add(d)
+        with self._lock:
+            self._known_dirs.add(directory)
+
+    def _sync_dirs(self, directory: str) -> None:
+        """Flush ``directory`` (a new entry in it) and any new, unflushed ancestors."""
+        _fsync_dir(directory)
+        d = directory
+        while True:
+            with self._lock:
+                if d not in self._unsynced:
+                    return
+                self._unsynced.discard(d)
+            d = os.path.dirname(d)
+            _fsync_dir(d)
 
     def location(self, key: str) -> str:
         return self._path(key)
@@ -139,7 +156,7 @@ class FileStorage(Storage):
                 os.close(stale)
             os.replace(tmp, path)
             if durable:
-                _fsync_dir(directory)
+                self._sync_dirs(directory)
         except OSError as e:
             _silent_unlink(tmp)
             raise self._error("write", path, e) from e
@@ -163,7 +180,7 @@ class FileStorage(Storage):
                 return False
             finally:
                 _silent_unlink(tmp)
-            _fsync_dir(directory)
+            self._sync_dirs(directory)
             return True
         except OSError as e:
             _silent_unlink(tmp)
@@ -174,25 +191,29 @@ class FileStorage(Storage):
         try:
             with self._lock:
                 fd = self._append_fds.get(key)
+            created = False
             if fd is None:
-                fd = self._open_append(key, path)
+                fd, created = self._open_append(key, path)
             _write_all(fd, data)
             os.fdatasync(fd)
+            if created:
+                self._sync_dirs(os.path.dirname(path))
         except OSError as e:
             raise self._error("append to", path, e) from e
 
-    def _open_append(self, key: str, path: str) -> int:
-        directory = os.path.dirname(path)
-        self._ensure_dir(directory)
-        created = not os.path.exists(path)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if created:
-            _fsync_dir(directory)
+    def _open_append(self, key: str, path: str) -> tuple[int, bool]:
+        self._ensure_dir(os.path.dirname(path))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
+            created = True
+        except FileExistsError:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND, 0o644)
+            created = False
         with self._lock:
             other = self._append_fds.setdefault(key, fd)
         if other != fd:
             os.close(fd)
-        return other
+        return other, created
 
     def children(self, prefix: str) -> list[str]:
         path = self._path(prefix)
@@ -210,6 +231,7 @@ class FileStorage(Storage):
             doomed = [k for k in self._append_fds if k == prefix or k.startswith(prefix.rstrip("/") + "/")]
             fds = [self._append_fds.pop(k) for k in doomed]
             self._known_dirs = {d for d in self._known_dirs if not (d == path or d.startswith(path + os.sep))}
+            self._unsynced = {d for d in self._unsynced if not (d == path or d.startswith(path + os.sep))}
         for fd in fds:
             os.close(fd)
         try:
