@@ -128,7 +128,9 @@ def init(
             atexit.register(shutdown)
             _atexit_registered = True
         log.info(
-            "keelflow: storage %s, executor %s", store.location("").rstrip("/"), kind,
+            "keelflow: storage %s, executor %s",
+            store.location("").rstrip("/"),
+            kind,
         )
 
 
@@ -212,9 +214,9 @@ def validate_id(workflow_id: Any, what: str = "workflow id") -> str:
     return workflow_id
 
 
-def load(storage: Storage, workflow_id: str, *, repair: bool = False, strict: bool = True) -> tuple[
-    WorkflowState, Journal, list[tuple[Any, ...]]
-] | None:
+def load(
+    storage: Storage, workflow_id: str, *, repair: bool = False, strict: bool = True
+) -> tuple[WorkflowState, Journal, list[tuple[Any, ...]]] | None:
     """Replay a workflow's journal; ``None`` if it does not exist."""
     journal = Journal(storage, workflow_id)
     records = journal.read(repair=repair, strict=strict)
@@ -246,7 +248,8 @@ def run_workflow(root: Workflow[Any], workflow_id: str | None, metadata: dict[st
     if lease is None:
         return _in_background(_wait_elsewhere, wid, rt, wid)
     try:
-        loaded = load(rt.storage, wid)
+        # We hold the lease, so a torn tail left by a dead owner can be cut off here.
+        loaded = load(rt.storage, wid, repair=True)
         if loaded is None:
             return FutureRef(rt.create(root, wid, meta, lease), wid)
         state, journal, _ = loaded
@@ -326,7 +329,7 @@ def resume_all(include_failed: bool = False) -> list[tuple[str, FutureRef[Any]]]
     """Resume every ``RESUMABLE`` (and with ``include_failed``, ``FAILED``) workflow."""
     wanted = {WorkflowStatus.RESUMABLE} | ({WorkflowStatus.FAILED} if include_failed else set())
     resumed = []
-    for wid, _status_ in list_all(wanted):
+    for wid, _ in list_all(wanted):
         try:
             resumed.append((wid, resume_async(wid)))
         except (WorkflowRunningError, WorkflowCancelledError):

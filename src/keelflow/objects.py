@@ -28,7 +28,7 @@ current_workflow: contextvars.ContextVar[str | None] = contextvars.ContextVar("k
 class ObjectRef(Generic[T]):
     """A reference to a stored value. Pass it into steps; read it with ``workflow.get``."""
 
-    __slots__ = ("_id", "_data", "_refs", "_value", "_loader", "__weakref__")
+    __slots__ = ("__weakref__", "_data", "_id", "_loader", "_refs", "_value")
 
     def __init__(
         self,
@@ -75,9 +75,7 @@ class ObjectRef(Generic[T]):
     def _get(self) -> T:
         if self._value is _MISSING:
             data, refs = self._bytes()
-            self._value = serialization.decode(
-                data, what=f"object {self._id}", resolve_ref=lambda rid: refs[rid]
-            )
+            self._value = serialization.decode(data, what=f"object {self._id}", resolve_ref=lambda rid: refs[rid])
         return self._value  # type: ignore[no-any-return]
 
     def __reduce__(self) -> Any:

@@ -49,8 +49,8 @@ VALUE_CODEC = "cloudpickle"
 
 _PROTOCOL = 5
 # While decoding, placeholders are turned back into refs / node outputs by these callbacks.
-_RESOLVE: contextvars.ContextVar[tuple[Callable[[str], Any], Callable[[int], Any]] | None] = (
-    contextvars.ContextVar("keelflow_resolve", default=None)
+_RESOLVE: contextvars.ContextVar[tuple[Callable[[str], Any], Callable[[int], Any]] | None] = contextvars.ContextVar(
+    "keelflow_resolve", default=None
 )
 
 
@@ -69,9 +69,7 @@ def _node_placeholder(index: int) -> Any:
 
 
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    def __init__(
-        self, file: io.BytesIO, on_ref: Callable[[Any], str], on_node: Callable[[Any], int] | None
-    ) -> None:
+    def __init__(self, file: io.BytesIO, on_ref: Callable[[Any], str], on_node: Callable[[Any], int] | None) -> None:
         super().__init__(file, protocol=_PROTOCOL)
         self._on_ref = on_ref
         self._on_node = on_node
@@ -112,9 +110,7 @@ def encode(
     except RecursionError as e:
         raise SerializationError(f"cannot serialize {what}: it is nested too deeply") from e
     except Exception as e:
-        raise SerializationError(
-            f"cannot serialize {what} (a {type(value).__name__}): {type(e).__name__}: {e}"
-        ) from e
+        raise SerializationError(f"cannot serialize {what} (a {type(value).__name__}): {type(e).__name__}: {e}") from e
     return buf.getvalue()
 
 

@@ -195,7 +195,7 @@ def _new_step() -> StepFunction[Any]:
 class Workflow(Generic[T]):
     """A lazy node of a workflow DAG: a step function and its (possibly lazy) arguments."""
 
-    __slots__ = ("_func", "_args", "_kwargs", "__weakref__")
+    __slots__ = ("__weakref__", "_args", "_func", "_kwargs")
 
     def __init__(self, func: StepFunction[T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self._func = func
@@ -233,9 +233,7 @@ def step(func: Callable[..., T], /) -> StepFunction[T]: ...
 
 
 @overload
-def step(
-    func: None = None, /, **options: Any
-) -> Callable[[Callable[..., T]], StepFunction[T]]: ...
+def step(func: None = None, /, **options: Any) -> Callable[[Callable[..., T]], StepFunction[T]]: ...
 
 
 def step(func: Callable[..., Any] | None = None, /, **options: Any) -> Any:

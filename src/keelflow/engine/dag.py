@@ -126,7 +126,7 @@ def flatten(root: Workflow[Any], what: str = "the workflow") -> SubDag:
         deps: list[int] = []
         refs: dict[str, ObjectRef[Any]] = {}
 
-        def on_node(child: Workflow[Any]) -> int:
+        def on_node(child: Workflow[Any], deps: list[int] = deps) -> int:
             j = index.get(id(child))
             if j is None:
                 j = len(order)
@@ -136,7 +136,7 @@ def flatten(root: Workflow[Any], what: str = "the workflow") -> SubDag:
                 deps.append(j)
             return j
 
-        def on_ref(ref: ObjectRef[Any]) -> str:
+        def on_ref(ref: ObjectRef[Any], refs: dict[str, ObjectRef[Any]] = refs) -> str:
             ref = ref._settled()
             refs[ref.id] = ref
             return ref.id

@@ -210,15 +210,25 @@ class Runtime:
                     continue
                 touched[run.workflow_id] = run
             for run in touched.values():
-                self._commit(run)
+                try:
+                    self._commit(run)
+                except Exception as e:
+                    # A bug or an unexpected storage failure: stop this run (it stays
+                    # resumable) rather than the scheduler that serves every run.
+                    log.exception("keelflow stopped workflow %s", run.workflow_id)
+                    self._abandon(run, e)
             if self._runs and time.monotonic() - self._last_cancel_poll > _CANCEL_POLL:
                 self._poll_cancels()
 
     def _start(self, run: Run) -> None:
-        if run.state.finished or run.state.cancelled:
-            self._finish(run)
-        else:
-            self._dispatch(run)
+        try:
+            if run.state.finished or run.state.cancelled:
+                self._finish(run)
+            else:
+                self._dispatch(run)
+        except Exception as e:
+            log.exception("keelflow could not start workflow %s", run.workflow_id)
+            self._abandon(run, e)
 
     def _commit(self, run: Run) -> None:
         """Make the run's new records durable, then act on them."""
@@ -294,8 +304,13 @@ class Runtime:
         if outcome.result is None:
             error = KeelflowError(f"step {node.name} did not finish: {outcome.error}")
             if not outcome.not_started and attempts <= plain.get("max_retries", 3):
-                log.warning("retrying step %s of workflow %s: %s", node.name, run.workflow_id, outcome.error,
-                            extra={"workflow_id": run.workflow_id, "step_name": node.name})
+                log.warning(
+                    "retrying step %s of workflow %s: %s",
+                    node.name,
+                    run.workflow_id,
+                    outcome.error,
+                    extra={"workflow_id": run.workflow_id, "step_name": node.name},
+                )
                 self._submit(run, index)
             else:
                 self._fail(run, index, error, "", time.time())
@@ -305,8 +320,9 @@ class Runtime:
         start = run.started.pop(index, result[-2])
         if kind == "ok":
             _, data, refs, objects, _s, end = result
-            run.records.append(("done", index, run.journal.spill(data), refs,
-                                self._new_objects(run, objects), (start, end, attempts)))
+            run.records.append(
+                ("done", index, run.journal.spill(data), refs, self._new_objects(run, objects), (start, end, attempts))
+            )
         elif kind == "cont":
             _, dag_record, _s, end = result
             dag = SubDag.from_record(dag_record)
@@ -316,9 +332,14 @@ class Runtime:
             _, exc_blob, tb, retryable, caught, _s, end = result
             if retryable and attempts <= plain.get("max_retries", 3):
                 run.started[index] = start
-                log.warning("step %s of workflow %s failed (attempt %d of %d), retrying",
-                            node.name, run.workflow_id, attempts, plain.get("max_retries", 3) + 1,
-                            extra={"workflow_id": run.workflow_id, "step_name": node.name})
+                log.warning(
+                    "step %s of workflow %s failed (attempt %d of %d), retrying",
+                    node.name,
+                    run.workflow_id,
+                    attempts,
+                    plain.get("max_retries", 3) + 1,
+                    extra={"workflow_id": run.workflow_id, "step_name": node.name},
+                )
                 self._submit(run, index)
             elif caught is not None:
                 run.records.append(("done", index, run.journal.spill(caught), (), {}, (start, end, attempts)))
@@ -336,8 +357,13 @@ class Runtime:
         run.records.append(("fail", index, exc_blob, tb, (begin, end, run.attempts[index])))
         run.failing = True
         last = tb.strip().splitlines()[-1] if tb.strip() else str(error)
-        log.error("step %s of workflow %s failed: %s", run.state.step_name(index), run.workflow_id, last,
-                  extra={"workflow_id": run.workflow_id, "step_name": run.state.step_name(index)})
+        log.error(
+            "step %s of workflow %s failed: %s",
+            run.state.step_name(index),
+            run.workflow_id,
+            last,
+            extra={"workflow_id": run.workflow_id, "step_name": run.state.step_name(index)},
+        )
 
     def _finish(self, run: Run) -> None:
         """The run has ended (successfully, failed, or cancelled): settle its future."""

@@ -28,24 +28,24 @@ ROOT = 0
 
 class Node:
     __slots__ = (
-        "base",
-        "func",
-        "args",
-        "deps",
-        "refs",
-        "name",
-        "waiting",
-        "dependents",
-        "consumers",
-        "output",
-        "out_refs",
-        "done",
         "alias_of",
-        "continued",
-        "start",
-        "end",
+        "args",
         "attempts",
+        "base",
+        "consumers",
+        "continued",
+        "dependents",
+        "deps",
+        "done",
+        "end",
         "error",
+        "func",
+        "name",
+        "out_refs",
+        "output",
+        "refs",
+        "start",
+        "waiting",
     )
 
     def __init__(
@@ -152,7 +152,8 @@ class WorkflowState:
             func = fmap[spec.func]
             entry = self.funcs[func]
             deps = tuple(base + d for d in spec.deps)
-            node = Node(base, func, spec.args, deps, spec.refs, self._unique_name(entry.plain.get("name") or entry.name))
+            name = self._unique_name(entry.plain.get("name") or entry.name)
+            node = Node(base, func, spec.args, deps, spec.refs, name)
             self.names[node.name] = len(self.nodes)
             self.nodes.append(node)
         # Wire dependencies from the leaves up; the batch only points inside itself.

@@ -107,8 +107,10 @@ def run_task(func: StepFunction[Any], payload: bytes) -> bytes:
         tb = traceback.format_exc()
         caught = None
         if opts.catch_exceptions:
-            caught = cloudpickle.dumps((None, exc)) if _picklable(exc) else cloudpickle.dumps(
-                (None, KeelflowError(f"{type(exc).__qualname__}: {exc}"))
+            caught = (
+                cloudpickle.dumps((None, exc))
+                if _picklable(exc)
+                else cloudpickle.dumps((None, KeelflowError(f"{type(exc).__qualname__}: {exc}")))
             )
         # An output that cannot be serialized will not serialize on a retry either.
         retryable = opts.should_retry(exc) and not isinstance(exc, SerializationError)

@@ -48,7 +48,7 @@ def call_runner(runner: Runner, func: Any, payload: bytes) -> tuple[bytes | None
     """Run one task: ``(result, None)``, or ``(None, error)`` if the runner itself failed."""
     try:
         result = runner(func, payload)
-    except BaseException:  # noqa: BLE001 - even SystemExit must not take the worker down
+    except BaseException:
         return None, "runner raised: " + traceback.format_exc()
     if not isinstance(result, bytes):
         if isinstance(result, (bytearray, memoryview)):
@@ -65,7 +65,7 @@ def prepare(
     error message."""
     try:
         runner = resolve_runner(runner_name, runners)
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         return f"could not import runner {runner_name!r}: " + traceback.format_exc()
     try:
         return runner, funcs[func_key]
@@ -76,7 +76,7 @@ def prepare(
         return f"function {func_key!r} was never sent to this worker"
     try:
         func = pickle.loads(blob)
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         # The blob is kept, so later tasks of this function get the same clear error.
         return "could not unpickle the step function: " + traceback.format_exc()
     funcs[func_key] = func
@@ -112,7 +112,7 @@ def _flush() -> None:
         try:
             if stream is not None:
                 stream.flush()
-        except Exception:  # noqa: BLE001 - a user-replaced stream must not kill the worker
+        except Exception:
             pass
 
 

@@ -188,7 +188,7 @@ class TaskQueue:
 class _Entry:
     """A task sent to a worker."""
 
-    __slots__ = ("seq", "task", "size", "fast")
+    __slots__ = ("fast", "seq", "size", "task")
 
     def __init__(self, seq: int, task: Task, size: int, fast: bool) -> None:
         self.seq, self.task, self.size, self.fast = seq, task, size, fast
@@ -196,8 +196,17 @@ class _Entry:
 
 class _Worker:
     __slots__ = (
-        "proc", "conn", "pid", "inflight", "reservation", "keys", "slow", "queued_bytes",
-        "started", "failed_send", "poller",
+        "conn",
+        "failed_send",
+        "inflight",
+        "keys",
+        "pid",
+        "poller",
+        "proc",
+        "queued_bytes",
+        "reservation",
+        "slow",
+        "started",
     )  # fmt: skip
 
     def __init__(self, proc: subprocess.Popen[bytes], conn: Connection) -> None:
