@@ -80,7 +80,7 @@ _atexit_registered = False
 
 # -- init / shutdown ----------------------------------------------------------------------------
 def init(
-    storage: str | os.PathLike[str] | None = None,
+    storage: str | os.PathLike[str] | Storage | None = None,
     *,
     executor: str | None = None,
     num_cpus: float | None = None,
@@ -89,8 +89,8 @@ def init(
     """Choose storage and executor for this process.
 
     Args:
-        storage: a path, ``file://…``, ``memory://[name]``; default ``$KEELFLOW_STORAGE``,
-            else ``~/.keelflow/storage``.
+        storage: a path, ``file://…``, ``memory://[name]``, or a :class:`~keelflow.storage.Storage`
+            of your own; default ``$KEELFLOW_STORAGE``, else ``~/.keelflow/storage``.
         executor: ``"local"`` (worker processes, the default), ``"thread"``; default
             ``$KEELFLOW_EXECUTOR``.
         num_cpus: CPUs the local executor may use at once (default: all cores).
@@ -101,23 +101,26 @@ def init(
     """
     global _runtime_obj, _config, _atexit_registered
     with _lock:
-        url = os.fspath(storage) if storage is not None else os.environ.get("KEELFLOW_STORAGE") or DEFAULT_STORAGE
+        if storage is None and os.environ.get("KEELFLOW_WORKER_UNSHARED"):
+            raise KeelflowError(
+                "this step runs in a worker process, and the workflow's storage "
+                f"({os.environ['KEELFLOW_WORKER_UNSHARED']}) lives only in the parent process; use "
+                "directory storage, or init(executor='thread'), to call keelflow from inside steps"
+            )
+        if isinstance(storage, Storage):
+            url: Any = storage
+        else:
+            url = os.fspath(storage) if storage is not None else os.environ.get("KEELFLOW_STORAGE") or DEFAULT_STORAGE
         kind = executor or os.environ.get("KEELFLOW_EXECUTOR") or "local"
         config = (url, kind, num_cpus, tuple(sorted((resources or {}).items())))
         if _runtime_obj is not None:
             if config == _config:
                 return
             raise KeelflowError(
-                f"keelflow is already initialised with storage {_config[0] if _config else '?'!r}; "
+                f"keelflow is already initialised with storage {_runtime_obj.storage.url!r}; "
                 "call workflow.shutdown() before init with other arguments"
             )
-        if os.environ.get("KEELFLOW_WORKER_UNSHARED"):
-            raise KeelflowError(
-                "this step runs in a worker process, and the workflow's storage "
-                f"({os.environ['KEELFLOW_WORKER_UNSHARED']}) lives only in the parent process; use "
-                "directory storage, or init(executor='thread'), to call keelflow from inside steps"
-            )
-        store = open_storage(url)
+        store = url if isinstance(url, Storage) else open_storage(url)
         check_format(store)
         execu = _make_executor(kind, store, num_cpus, resources)
         _runtime_obj = Runtime(store, execu)

@@ -1,0 +1,190 @@
+"""Engine contracts that are not visible through results alone: writes per step, the journal
+as the source of truth, code-version records, torn tails."""
+
+from __future__ import annotations
+
+import logging
+import os
+import textwrap
+
+import pytest
+
+import keelflow as workflow
+from conftest import run_python
+from keelflow.engine.journal import Journal
+from keelflow.serialization import frame
+from keelflow.storage.base import Lease, Storage
+from keelflow.storage.file import FileStorage
+
+
+class CountingStorage(Storage):
+    """Wraps a real backend and counts the durable writes the engine asks for."""
+
+    can_append = True
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.appends = 0
+        self.durable_puts = 0
+
+    def get(self, key):
+        return self.inner.get(key)
+
+    def put(self, key, data, *, durable=True):
+        self.durable_puts += durable
+        self.inner.put(key, data, durable=durable)
+
+    def put_if_absent(self, key, data):
+        self.durable_puts += 1
+        return self.inner.put_if_absent(key, data)
+
+    def append(self, key, data):
+        self.appends += 1
+        self.inner.append(key, data)
+
+    def children(self, prefix):
+        return self.inner.children(prefix)
+
+    def delete_prefix(self, prefix):
+        self.inner.delete_prefix(prefix)
+
+    def acquire_lease(self, key, owner) -> Lease | None:
+        return self.inner.acquire_lease(key, owner)
+
+    def lease_held(self, key):
+        return self.inner.lease_held(key)
+
+    def location(self, key):
+        return self.inner.location(key)
+
+    def close(self):
+        self.inner.close()
+
+
+@workflow.step
+def inc(x):
+    return x + 1
+
+
+@workflow.step
+def one(i):
+    return 1
+
+
+@workflow.step
+def total(xs):
+    return sum(xs)
+
+
+@pytest.mark.parametrize("executor", ["local", "thread"])
+def test_one_durable_write_per_step_and_batching(storage, executor):
+    counting = CountingStorage(FileStorage(storage))
+    workflow.init(counting, executor=executor)
+    x = inc.step(0)
+    for _ in range(49):
+        x = inc.step(x)
+    before = counting.appends, counting.durable_puts
+    assert x.run(workflow_id="chain") == 50
+    # The start record, then one append per step; nothing else is flushed.
+    assert counting.appends - before[0] == 1 + 50
+    assert counting.durable_puts - before[1] == 0
+
+    before = counting.appends
+    assert total.step([one.step(i) for i in range(300)]).run(workflow_id="fan") == 300
+    appends = counting.appends - before
+    assert appends <= 1 + 301
+    records = Journal(counting, "fan").read()
+    done = [r[1] for r in records if r[0] == "done"]
+    assert sorted(done) == list(range(301))  # each step checkpointed exactly once
+
+
+def test_status_index_is_rebuilt_from_the_journal(kf, storage):
+    assert inc.step(1).run(workflow_id="w") == 2
+    os.unlink(os.path.join(storage, "workflows", "w", "status"))
+    assert kf.get_status("w") == kf.WorkflowStatus.SUCCESSFUL
+    assert kf.list_all() == [("w", kf.WorkflowStatus.SUCCESSFUL)]
+    with open(os.path.join(storage, "workflows", "w", "status"), "w") as f:
+        f.write('{"status": "RUN')  # a torn index file, as a crash could leave
+    assert kf.get_status("w") == kf.WorkflowStatus.SUCCESSFUL
+
+
+def test_torn_tail_is_ignored_and_cut_before_the_next_append(kf, storage):
+    assert inc.step(1).run(workflow_id="w") == 2
+    path = os.path.join(storage, "workflows", "w", "journal")
+    size = os.path.getsize(path)
+    with open(path, "ab") as f:
+        f.write(frame(b"x" * 100)[:30])  # a record cut off mid-write
+    assert kf.get_output("w") == 2
+    Journal(FileStorage(storage), "w").read(repair=True)
+    assert os.path.getsize(path) == size
+
+
+def test_newer_journal_format_is_refused(kf, storage):
+    from keelflow.serialization import dump_record
+
+    path = os.path.join(storage, "workflows", "future", "journal")
+    os.makedirs(os.path.dirname(path))
+    with open(path, "wb") as f:
+        f.write(frame(dump_record(("start", {"format": 7}, ([], [], {}), 0.0))))
+    with pytest.raises(workflow.StorageFormatError, match="format 7"):
+        kf.get_output("future")
+
+
+def test_resume_under_changed_code_says_so(tmp_path, storage):
+    module = tmp_path / "mod" / "flaky_mod.py"
+    module.parent.mkdir()
+    flag = tmp_path / "flag"
+    module.write_text(
+        textwrap.dedent(
+            f"""
+            import os
+            import keelflow as workflow
+
+            @workflow.step
+            def first():
+                return 20
+
+            @workflow.step
+            def second(x):
+                if not os.path.exists({str(flag)!r}):
+                    raise RuntimeError("not yet")
+                return x + 1
+            """
+        )
+    )
+    driver = (
+        "import sys, logging; sys.path.insert(0, sys.argv[2]); logging.basicConfig(level=logging.INFO)\n"
+        "import keelflow as workflow, flaky_mod\n"
+        "workflow.init(sys.argv[1])\n"
+        "if sys.argv[3] == 'run':\n"
+        "    try:\n"
+        "        flaky_mod.second.options(max_retries=0).step(flaky_mod.first.step()).run(workflow_id='w')\n"
+        "    except workflow.WorkflowExecutionError as e:\n"
+        "        print('failed', e.step_name)\n"
+        "else:\n"
+        "    print('resumed', workflow.resume('w'))\n"
+    )
+    first = run_python(driver, storage, str(module.parent), "run", timeout=60)
+    assert "failed flaky_mod.second" in first.stdout, first.stderr
+    flag.write_text("go")
+    module.write_text(module.read_text().replace("return x + 1", "return x + 2  # fixed"))
+    second = run_python(driver, storage, str(module.parent), "resume", timeout=60)
+    assert "resumed 22" in second.stdout, second.stderr
+    assert "flaky_mod.second changed since workflow w started" in second.stderr
+    assert "flaky_mod.first changed" not in second.stderr
+
+
+def test_step_failure_and_retry_are_logged_with_ids(kf, caplog):
+    @workflow.step(max_retries=1)
+    def broken():
+        raise KeyError("missing")
+
+    with caplog.at_level(logging.INFO, logger="keelflow"), pytest.raises(workflow.WorkflowExecutionError):
+        broken.step().run(workflow_id="logged")
+    records = [r for r in caplog.records if getattr(r, "workflow_id", None) == "logged"]
+    messages = [r.getMessage() for r in records]
+    assert any("started" in m for m in messages)
+    assert any("retrying" in m for m in messages)
+    assert any("failed" in m and "KeyError" in m for m in messages)
+    assert all(getattr(r, "step_name", "x") for r in records)
