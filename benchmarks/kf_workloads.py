@@ -94,6 +94,8 @@ def main() -> None:
     p.add_argument("workload", choices=["chain", "fanout", "fib", "onestep", "resume-kill", "resume", "cpu"])
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--budget-s", type=float, default=float("inf"),
+                   help="stop repeating once the repeats so far took this long")
     p.add_argument("--storage", required=True)
     p.add_argument("--executor", default="local")
     p.add_argument("--num-cpus", type=float, default=None)
@@ -149,7 +151,11 @@ def main() -> None:
         else:
             fn = {"chain": chain, "fanout": fanout, "fib": fib}[a.workload]
             steps = {"chain": a.n, "fanout": a.n + 1, "fib": fib_steps(a.n)}[a.workload]
-            times = [fn(a.n, str(r)) for r in range(a.repeats)]
+            times = []
+            for r in range(a.repeats):
+                times.append(fn(a.n, str(r)))
+                if sum(times) > a.budget_s:
+                    break
             result.update(summarize(times, steps))
             recorded = _count_nodes(f"{a.workload}-{a.n}-0")
             if recorded is not None:

@@ -45,6 +45,19 @@ def record(directory: str, name: str, seconds: float, weight: float = 1.0, busy:
     return os.getpid()
 
 
+def spin_until_seen(directory: str, name: str, other: str, timeout: float) -> tuple[int, bool]:
+    """CPU-bound: announce ``name``, then spin until ``other`` is announced too (or timeout),
+    recording the window like :func:`record`."""
+    start = time.monotonic()
+    Path(directory, f"{name}.started").touch()
+    seen = Path(directory, f"{other}.started")
+    while not seen.exists() and time.monotonic() - start < timeout:
+        pass
+    end = time.monotonic()
+    write_atomic(Path(directory) / name, f"{start} {end} {os.getpid()} 1")
+    return os.getpid(), seen.exists()
+
+
 def append_line(path: str, text: str) -> None:
     with open(path, "a") as f:
         f.write(text + "\n")

@@ -263,7 +263,7 @@ def probe_steps(wid: str, names: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in names:
         try:
-            out[name] = {"state": "done", "value": workflow.get_output(wid, name=name, timeout=30)}
+            out[name] = {"state": "done", "value": workflow.get_output(wid, name=name, timeout=10)}
         except workflow.StepNotFoundError:
             out[name] = {"state": "absent"}
         except workflow.KeelflowError as e:
@@ -283,15 +283,18 @@ def drive(mode: str, storage: str, executor: str, wid: str, spec: dict[str, Any]
             result["status"] = workflow.get_status(wid).value
         except workflow.KeelflowError as e:
             result["status_error"] = _error(e)
-    if mode in ("resume", "probe"):
+    if mode in ("resume", "probe") and result.get("status") not in (None, "RUNNING"):
         result["probe"] = probe_steps(wid, labels(spec))
     try:
         if mode in ("run", "waitrun"):
-            result["ok"] = build(spec).run(workflow_id=wid)
+            wf = build(spec)
+            if mode == "waitrun" and os.environ.get(CTRL_ENV):
+                open(os.path.join(os.environ[CTRL_ENV], f"running-{wid}"), "w").close()
+            result["ok"] = wf.run(workflow_id=wid)
         elif mode == "resume":
             result["ok"] = workflow.resume(wid)
         elif mode == "output":
-            result["ok"] = workflow.get_output(wid, timeout=60)
+            result["ok"] = workflow.get_output(wid, timeout=30)
         if mode in ("run", "waitrun", "resume", "output"):
             result["final_status"] = workflow.get_status(wid).value
     except workflow.KeelflowError as e:
@@ -371,8 +374,9 @@ class Harness:
         spec_file = os.path.join(self.root, f"spec-{self._n}.json")
         with open(spec_file, "w") as f:
             json.dump(spec, f)
-        out = open(os.path.join(self.root, f"driver-{self._n}.out"), "w+")
-        err = open(os.path.join(self.root, f"driver-{self._n}.err"), "w+")
+        # Files, not pipes: a chatty driver never blocks on a full pipe. Closed in cleanup().
+        out = open(os.path.join(self.root, f"driver-{self._n}.out"), "w+")  # noqa: SIM115
+        err = open(os.path.join(self.root, f"driver-{self._n}.err"), "w+")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-c", "import crashsteps; crashsteps.main()", mode, self.storage, self.executor, wid,
              spec_file],
@@ -388,7 +392,7 @@ class Harness:
         proc.err_file.seek(0)
         return proc.out_file.read(), proc.err_file.read()
 
-    def finish(self, proc: Any, timeout: float = 120.0) -> dict[str, Any]:
+    def finish(self, proc: Any, timeout: float = 60.0) -> dict[str, Any]:
         import subprocess
 
         try:
@@ -403,7 +407,7 @@ class Harness:
                 return json.loads(line[len("RESULT "):])
         raise AssertionError(f"driver exited {proc.returncode} without a result\nstdout:\n{out}\nstderr:\n{err}")
 
-    def run(self, mode: str, wid: str, spec: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+    def run(self, mode: str, wid: str, spec: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
         return self.finish(self.start(mode, wid, spec), timeout)
 
     def wait_reached(self, key: str, proc: Any, timeout: float = 60.0) -> int:
@@ -450,7 +454,7 @@ class Harness:
                     pass
             try:
                 proc.wait(10)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
 
     def cleanup(self) -> None:

@@ -83,7 +83,7 @@ def mult(a: int, b: int) -> int:
 
 
 @workflow.step
-def sum(x: int, y: int, z: int) -> int:  # noqa: A001 - the seed's name
+def sum(x: int, y: int, z: int) -> int:
     return x + y + z
 
 

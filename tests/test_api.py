@@ -12,15 +12,26 @@ import time
 from pathlib import Path
 
 import pytest
-import seedsteps
-from seedsteps import bump, count
 
 import keelflow
+import seedsteps
 from keelflow import workflow
+from seedsteps import bump, count
 
 
 class AppError(Exception):
     """An application exception with a field of its own (importable: pickled by reference)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.code))
+
+
+class StubbornError(Exception):
+    """Pickles (as every exception does, by its args) but cannot be rebuilt from them."""
 
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
@@ -313,7 +324,7 @@ def test_run_of_a_failed_id_says_to_resume(kf, tmp_path):
         wf.run(workflow_id="failed")
     with pytest.raises(workflow.KeelflowError, match="resume") as info:
         wf.run(workflow_id="failed")
-    assert not isinstance(info.value, workflow.WorkflowExecutionError) or "resume" in str(info.value)
+    assert "failed" in str(info.value)
     assert count(tmp_path / "n") == 1  # not run again
     assert workflow.get_status("failed") == workflow.WorkflowStatus.FAILED
 
@@ -357,7 +368,9 @@ def test_retry_exceptions_tuple(kf, tmp_path):
     assert count(subclass) == 3  # retried: KeyError is a LookupError
 
     other = str(tmp_path / "other")
-    wf = _failing(other, TypeError("t"), succeed_after=1).options(retry_exceptions=(ValueError, KeyError), max_retries=5)
+    wf = _failing(other, TypeError("t"), succeed_after=1).options(
+        retry_exceptions=(ValueError, KeyError), max_retries=5
+    )
     with pytest.raises(workflow.WorkflowExecutionError) as info:
         wf.step().run()
     assert isinstance(info.value.__cause__, TypeError)
@@ -421,6 +434,23 @@ def test_workflow_execution_error_names_workflow_step_and_cause(kf, tmp_path):
         workflow.get_output("wf-err")
     assert info2.value.step_name == "exploding"
     assert type(info2.value.__cause__) is AppError
+
+
+def test_an_exception_that_cannot_be_rebuilt_keeps_its_type_and_message(kf):
+    """SPEC §9: a clear error naming what was wrong. The step's exception pickles but cannot be
+    unpickled (a classic: a required __init__ argument not in args); the error the user gets
+    must still say which exception the step raised, and its message."""
+
+    @workflow.step(max_retries=0, name="stubborn")
+    def stubborn():
+        raise StubbornError("the real reason", 7)
+
+    with pytest.raises(workflow.WorkflowExecutionError) as info:
+        stubborn.step().run(workflow_id="stubborn")
+    assert info.value.step_name == "stubborn"
+    text = f"{info.value} | {info.value.__cause__}"
+    assert "StubbornError" in text
+    assert "the real reason" in text
 
 
 def test_errors_pickle_round_trip_with_their_fields():
@@ -846,7 +876,8 @@ def test_declared_num_cpus(storage, executor):
 @pytest.mark.timeout(60)
 def test_custom_resources_declared_at_init(storage, executor):
     workflow.init(storage, executor=executor, resources={"db": 2})
-    assert seedsteps.add.options(resources={"db": 1}).step(1, seedsteps.one.options(resources={"db": 2}).step()).run() == 2
+    needs_two = seedsteps.one.options(resources={"db": 2}).step()
+    assert seedsteps.add.options(resources={"db": 1}).step(1, needs_two).run() == 2
     with pytest.raises(workflow.KeelflowError, match="db"):
         seedsteps.one.options(resources={"db": 3}).step().run()
     with pytest.raises(workflow.KeelflowError, match="tpu"):

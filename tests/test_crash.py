@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 import zlib
 
-import crashsteps as cs
 import pytest
 
+import crashsteps as cs
 import keelflow as workflow
 
 WID = "wf"
@@ -199,13 +200,18 @@ def test_second_process_refused_while_owner_alive(h):
 
     # run(workflow_id=same) from a second process waits for the owner and returns its output.
     second = h.start("waitrun", WID, s)
+    marker = os.path.join(h.ctrl, f"running-{WID}")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(marker):  # it is about to call run(); the owner is still blocked
+        assert second.poll() is None and time.monotonic() < deadline, h.output_of(second)
+        time.sleep(0.01)
     h.release("c")
     r1 = h.finish(first)
     r2 = h.finish(second)
     expected = cs.evaluate(s)
     assert r1.get("ok") == expected, r1
     assert r2.get("ok") == expected, r2
-    assert r2["final_status"] == "SUCCESSFUL"
+    assert r2["status"] == "RUNNING" and r2["final_status"] == "SUCCESSFUL", r2
     assert h.counts() == dict.fromkeys("abcde", 1), "the waiting process must not run a second copy"
     assert workflow.get_status(WID) == workflow.WorkflowStatus.SUCCESSFUL
     assert workflow.get_output(WID) == expected
@@ -264,6 +270,7 @@ def test_torn_journal_tail_is_ignored(h_thread, tail):
         f.write(tail)
     _, before, after, done = resume_and_check(h, s, cut)
     assert done == {"a", "b"}
+    assert before == {"a": 1, "b": 1, "c": 1}
     assert after == {"c": 1, "d": 1, "e": 1}
     # What the resumed run appended is readable later: the torn bytes did not stay in the middle.
     r = h.run("output", WID, s)

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import _executor_runners as r
 import pytest
 
+import _executor_runners as r
 from keelflow.executors.base import Demand, Executor, Outcome, Task
 from keelflow.executors.local import ProcessExecutor
 from keelflow.executors.thread import ThreadExecutor
@@ -27,9 +27,10 @@ RUNNER = "_executor_runners:call"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TESTS = str(Path(__file__).resolve().parent)
 _ids = itertools.count(1)
+ONE_CPU = Demand()
 
 
-def make_task(func: Any, *args: Any, demand: Demand = Demand(), label: str = "", key: str = "") -> Task:
+def make_task(func: Any, *args: Any, demand: Demand = ONE_CPU, label: str = "", key: str = "") -> Task:
     key = key or f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', repr(func))}"
     return Task(next(_ids), RUNNER, key, pickle.dumps(func), pickle.dumps(args), demand, label)
 
@@ -200,9 +201,7 @@ def test_zero_cpu_tasks_are_capped(made: list[Executor], tmp_path: Path) -> None
     ],
     ids=["cpus", "gpus", "custom"],
 )
-def test_infeasible_demand_is_an_error_outcome(
-    make: Callable[..., Executor], demand: Demand, words: list[str]
-) -> None:
+def test_infeasible_demand_is_an_error_outcome(make: Callable[..., Executor], demand: Demand, words: list[str]) -> None:
     ex = make(num_cpus=2)
     message = ex.check_demand(demand)
     assert message is not None and all(w in message for w in words), message
@@ -221,9 +220,7 @@ def test_fifo_order(make: Callable[..., Executor], tmp_path: Path) -> None:
     assert log.read_text().split() == [str(i) for i in range(12)]
 
 
-def test_a_task_that_does_not_fit_does_not_block_later_ones(
-    make: Callable[..., Executor], tmp_path: Path
-) -> None:
+def test_a_task_that_does_not_fit_does_not_block_later_ones(make: Callable[..., Executor], tmp_path: Path) -> None:
     ex = make(num_cpus=2)
     marker = str(tmp_path / "c-ran")
     a = make_task(r.wait_for_file, marker, 15.0, demand=Demand(cpus=1))
@@ -315,10 +312,13 @@ def test_shutdown_is_idempotent(make: Callable[..., Executor]) -> None:
 
 def test_cpu_bound_tasks_run_in_parallel(make_process: Callable[..., ProcessExecutor], tmp_path: Path) -> None:
     ex = make_process(num_cpus=2)
-    tasks = [make_task(r.record, str(tmp_path), f"t{i}", 0.5, 1, True) for i in range(2)]
-    pids = [value(o) for o in run_all(ex, tasks)]
-    assert pids[0] != pids[1] and os.getpid() not in pids
-    (s0, e0), (s1, e1) = (map(float, (tmp_path / f"t{i}").read_text().split()[:2]) for i in range(2))
+    # Each task spins until it sees the other start: they can only both finish in time if
+    # they ran at once.
+    tasks = [make_task(r.spin_until_seen, str(tmp_path), f"t{i}", f"t{1 - i}", 10) for i in (0, 1)]
+    (pid0, saw0), (pid1, saw1) = [value(o) for o in run_all(ex, tasks)]
+    assert saw0 and saw1, "a task waited for the other in vain"
+    assert pid0 != pid1 and os.getpid() not in (pid0, pid1)
+    (s0, e0), (s1, e1) = (map(float, (tmp_path / f"t{i}").read_text().split()[:2]) for i in (0, 1))
     assert s0 < e1 and s1 < e0
 
 
@@ -327,7 +327,11 @@ def test_killed_worker_fails_its_task_and_requeues_the_rest(
 ) -> None:
     ex = make_process(num_cpus=1)
     # Teach the executor that this function is quick, so later tasks queue behind each other.
-    run_all(ex, [make_task(r.pid_then_sleep, "", 0) for _ in range(20)])
+    key = make_task(r.pid_then_sleep).func_key
+    for _ in range(50):
+        run_all(ex, [make_task(r.pid_then_sleep, "", 0) for _ in range(20)])
+        if ex._ewma[key] < 0.001:
+            break
     pid_file = tmp_path / "pid"
     doomed = make_task(r.pid_then_sleep, str(pid_file), 30, label="doomed_step")
     queued = [make_task(r.pid_then_sleep, "", 0) for _ in range(3)]
@@ -377,9 +381,7 @@ def test_workers_are_reused_and_stopped_by_shutdown(make_process: Callable[..., 
 
 def _run_script(code: str, **kwargs: Any) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, TESTS])}
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)], env=env, stdout=subprocess.DEVNULL, **kwargs
-    )
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env, stdout=subprocess.DEVNULL, **kwargs)
 
 
 def test_worker_exits_when_the_parent_is_killed(tmp_path: Path) -> None:
@@ -408,7 +410,8 @@ def test_worker_exits_when_the_parent_is_killed(tmp_path: Path) -> None:
 
 def test_a_script_without_main_guard_works_and_exits(tmp_path: Path) -> None:
     script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import os, pickle
         from keelflow.executors.base import Task
         from keelflow.executors.local import ProcessExecutor
@@ -420,7 +423,8 @@ def test_a_script_without_main_guard_works_and_exits(tmp_path: Path) -> None:
             outcomes = ex.wait(30)
         print("worker", pickle.loads(outcomes[0].result), "parent", os.getpid(), flush=True)
         # No shutdown: the executor must not keep the interpreter alive or leave workers.
-    """))
+    """)
+    )
     proc = subprocess.run(
         [sys.executable, str(script)],
         env={**os.environ, "PYTHONPATH": os.pathsep.join([SRC, TESTS])},
@@ -447,9 +451,7 @@ def test_sys_path_and_env_reach_the_worker(
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
-def test_workers_do_not_inherit_file_descriptors(
-    make_process: Callable[..., ProcessExecutor], tmp_path: Path
-) -> None:
+def test_workers_do_not_inherit_file_descriptors(make_process: Callable[..., ProcessExecutor], tmp_path: Path) -> None:
     fd = os.open(tmp_path / "secret", os.O_CREAT | os.O_RDWR)
     try:
         os.set_inheritable(fd, True)

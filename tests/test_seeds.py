@@ -1,3 +1,4 @@
+# ruff: noqa: UP006, UP037 - List/Tuple and quoted annotations are the seeds' own spelling
 """The seed documents' code examples, ported as SPEC §1 says: one changed import
 (``from keelflow import workflow``), ``ray.get``/``ray.put`` -> ``workflow.get``/``workflow.put``,
 and only the seeds' own typos fixed. Each test is named after its seed example.
@@ -21,10 +22,10 @@ from dataclasses import dataclass
 from typing import List, Tuple  # noqa: UP035 - the seeds' spelling
 
 import pytest
-import seedsteps
-from seedsteps import bump, count
 
+import seedsteps
 from keelflow import workflow
+from seedsteps import bump, count
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="the @ray.remote part of this seed needs Ray installed")
@@ -154,7 +155,7 @@ def test_example_8_1_hello_world_without_ray(env_executor, tmp_path, monkeypatch
 
     # Creating workflow
     workflow.init("tmp/workflow_data")
-    output: "workflow.Workflow[int]" = concat.step(words.step())  # noqa: UP037 - as in the seed
+    output: "workflow.Workflow[int]" = concat.step(words.step())
 
     # Running workflow
     assert output.run(workflow_id="workflow_1") == "hello world"
@@ -181,7 +182,7 @@ def test_example_8_1_hello_world_with_ray(env_executor, tmp_path, monkeypatch):
         return " ".join([ray.get(w) for w in words])
 
     workflow.init("tmp/workflow_data")
-    output: "workflow.Workflow[int]" = concat.step(words.step())  # noqa: UP037
+    output: "workflow.Workflow[int]" = concat.step(words.step())
 
     assert output.run(workflow_id="workflow_1") == "hello world"
     assert workflow.get_status("workflow_1") == workflow.WorkflowStatus.SUCCESSFUL
@@ -211,7 +212,9 @@ def test_example_8_2_step_resources_without_a_gpu_fails_clearly(kf):
     # Any init(...) parameter the error suggests must exist.
     init_params = set(inspect.signature(workflow.init).parameters)
     for suggested in re.findall(r"init\((\w+)=", message):
-        assert suggested in init_params, f"the error suggests init({suggested}=...), which init does not take: {message}"
+        assert suggested in init_params, (
+            f"the error suggests init({suggested}=...), which init does not take: {message}"
+        )
 
 
 def test_example_8_2_step_resources_with_a_declared_gpu(storage, executor):
@@ -290,7 +293,7 @@ def test_example_8_6_dynamic_workflow_fibonacci(kf):
 
 def test_example_8_5_sum_of_values(kf):
     @workflow.step
-    def sum(x: int, y: int, z: int) -> int:  # noqa: A001 - the seed's name
+    def sum(x: int, y: int, z: int) -> int:
         return x + y + z
 
     @workflow.step
@@ -327,11 +330,13 @@ def test_example_8_5_named_steps(kf):
         return 10 * x
 
     @workflow.step
-    def sum(x: int, y: int, z: int) -> int:  # noqa: A001
+    def sum(x: int, y: int, z: int) -> int:
         return x + y + z
 
     # ... and with .options(name=...)
-    sum_workflow = sum.options(name="the_sum").step(get_value1.step(), get_value2.options(name="value_two").step(10), 100)
+    sum_workflow = sum.options(name="the_sum").step(
+        get_value1.step(), get_value2.options(name="value_two").step(10), 100
+    )
     assert sum_workflow.run("sum_example") == 300
 
     assert workflow.get_output("sum_example", name="value_one") == 100
@@ -349,7 +354,7 @@ def test_example_8_5_generated_step_names(kf):
         return 10 * x
 
     @workflow.step
-    def sum(x: int, y: int, z: int) -> int:  # noqa: A001
+    def sum(x: int, y: int, z: int) -> int:
         return x + y + z
 
     wf = sum.step(get_value2.step(1), get_value2.step(2), get_value2.step(3))
@@ -359,7 +364,8 @@ def test_example_8_5_generated_step_names(kf):
     assert get_value2.__qualname__ == "test_example_8_5_generated_step_names.<locals>.get_value2"
     outputs = {workflow.get_output("sum_example", name=n) for n in (base, f"{base}_1", f"{base}_2")}
     assert outputs == {10, 20, 30}
-    assert workflow.get_output("sum_example", name=f"{__name__}.test_example_8_5_generated_step_names.<locals>.sum") == 60
+    sum_name = f"{__name__}.test_example_8_5_generated_step_names.<locals>.sum"
+    assert workflow.get_output("sum_example", name=sum_name) == 60
     with pytest.raises(workflow.StepNotFoundError):
         workflow.get_output("sum_example", name=f"{base}_3")
     with pytest.raises(workflow.StepNotFoundError):
@@ -399,7 +405,7 @@ def test_example_8_7_travel_booking(kf):
         return Receipt(tuple(flights), tuple(hotels), confirmed=ok)
 
     @workflow.step
-    def book_trip(origin: str, dest: str, dates) -> "workflow.Workflow[Receipt]":  # noqa: UP037
+    def book_trip(origin: str, dest: str, dates) -> "workflow.Workflow[Receipt]":
         # Note that the workflow engine will not begin executing
         # child workflows until the parent step returns.
         # This avoids step overlap and ensures recoverability.

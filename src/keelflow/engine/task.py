@@ -9,6 +9,7 @@ continue a dynamic workflow.
 
 from __future__ import annotations
 
+import pickle
 import time
 import traceback
 from typing import Any
@@ -17,7 +18,7 @@ import cloudpickle
 
 from .. import serialization
 from ..errors import KeelflowError, SerializationError
-from ..objects import FutureRef, ObjectRef, current_workflow
+from ..objects import ObjectRef, current_workflow
 from ..step import StepFunction, Workflow
 from .dag import collect_refs, flatten
 
@@ -52,12 +53,17 @@ class _Refs:
         return ref
 
 
-def _dump_exception(exc: BaseException) -> bytes:
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives a pickle round trip, else a KeelflowError keeping its type and text.
+
+    Some exceptions pickle but cannot be rebuilt (an ``__init__`` with required arguments
+    that are not in ``args``); the user must still see what went wrong.
+    """
     try:
-        return cloudpickle.dumps(exc)
+        pickle.loads(cloudpickle.dumps(exc))
+        return exc
     except Exception:
-        # An exception that cannot travel is replaced by one that can, keeping its text.
-        return cloudpickle.dumps(KeelflowError(f"{type(exc).__qualname__}: {exc}"))
+        return KeelflowError(f"{type(exc).__qualname__}: {exc}")
 
 
 def run_task(func: StepFunction[Any], payload: bytes) -> bytes:
@@ -80,12 +86,9 @@ def run_task(func: StepFunction[Any], payload: bytes) -> bytes:
         args, kwargs = serialization.decode(
             args_data, what=f"the arguments of step {step_name}", resolve_ref=refs, resolve_node=resolve_node
         )
+        # A returned ref stays a ref downstream (as a Ray task's would); it is stored once as
+        # an object. Only a workflow's final output is resolved to its value.
         result = func._func(*args, **kwargs)
-        if isinstance(result, FutureRef):
-            result = result.result()
-        if isinstance(result, ObjectRef) and not isinstance(result, FutureRef):
-            # A step whose output is a ref outputs the ref's value (as a workflow does).
-            result = result._get()
         if isinstance(result, Workflow):
             dag = flatten(result, what=f"the continuation of step {step_name}")
             return serialization.dump_record(("cont", dag.to_record(), start, time.time()))
@@ -105,23 +108,10 @@ def run_task(func: StepFunction[Any], payload: bytes) -> bytes:
     except Exception as exc:
         end = time.time()
         tb = traceback.format_exc()
-        caught = None
-        if opts.catch_exceptions:
-            caught = (
-                cloudpickle.dumps((None, exc))
-                if _picklable(exc)
-                else cloudpickle.dumps((None, KeelflowError(f"{type(exc).__qualname__}: {exc}")))
-            )
+        portable = _portable(exc)
+        caught = cloudpickle.dumps((None, portable)) if opts.catch_exceptions else None
         # An output that cannot be serialized will not serialize on a retry either.
         retryable = opts.should_retry(exc) and not isinstance(exc, SerializationError)
-        return serialization.dump_record(("err", _dump_exception(exc), tb, retryable, caught, start, end))
+        return serialization.dump_record(("err", cloudpickle.dumps(portable), tb, retryable, caught, start, end))
     finally:
         current_workflow.reset(token)
-
-
-def _picklable(exc: BaseException) -> bool:
-    try:
-        cloudpickle.dumps(exc)
-        return True
-    except Exception:
-        return False

@@ -58,7 +58,10 @@ def call_runner(runner: Runner, func: Any, payload: bytes) -> tuple[bytes | None
 
 
 def prepare(
-    runners: dict[str, Runner], funcs: dict[str, Any], blobs: dict[str, bytes], runner_name: str,
+    runners: dict[str, Runner],
+    funcs: dict[str, Any],
+    blobs: dict[str, bytes],
+    runner_name: str,
     func_key: str,
 ) -> tuple[Runner, Any] | str:
     """The runner and the function (from ``funcs``, else unpickled from ``blobs``), or an
@@ -85,8 +88,12 @@ def prepare(
 
 
 def run_task(
-    runners: dict[str, Runner], funcs: dict[str, Any], blobs: dict[str, bytes], runner_name: str,
-    func_key: str, payload: bytes,
+    runners: dict[str, Runner],
+    funcs: dict[str, Any],
+    blobs: dict[str, bytes],
+    runner_name: str,
+    func_key: str,
+    payload: bytes,
 ) -> tuple[bytes | None, str | None]:
     """Run one task: ``(result, None)`` or ``(None, error)``."""
     prepared = prepare(runners, funcs, blobs, runner_name, func_key)

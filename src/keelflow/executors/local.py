@@ -49,9 +49,7 @@ def _amount(n: float, unit: str) -> str:
 class Capacity:
     """Resource accounting shared by the executors: totals, amounts in use, running count."""
 
-    def __init__(
-        self, num_cpus: float | None, num_gpus: float, resources: dict[str, float] | None
-    ) -> None:
+    def __init__(self, num_cpus: float | None, num_gpus: float, resources: dict[str, float] | None) -> None:
         self.cpus = float(os.cpu_count() or 1) if num_cpus is None else float(num_cpus)
         self.gpus = float(num_gpus)
         self.custom = {name: float(n) for name, n in (resources or {}).items()}
@@ -281,9 +279,7 @@ class ProcessExecutor(Executor):
         self._poller.register(self._wake_r.fileno(), select.POLLIN)
         self._by_fd: dict[int, _Worker] = {}
         self._closed = False
-        self._finalizer = weakref.finalize(
-            self, _stop_workers, self._workers, (self._wake_r, self._wake_w)
-        )
+        self._finalizer = weakref.finalize(self, _stop_workers, self._workers, (self._wake_r, self._wake_w))
 
     def check_demand(self, demand: Demand) -> str | None:
         return self._cap.check(demand)
@@ -341,9 +337,7 @@ class ProcessExecutor(Executor):
             if w.pid in self._workers and any(e.task.task_id in ids for e in w.inflight):
                 w.proc.kill()
                 _reap(w.proc)
-                self._queue.requeue(
-                    (e.seq, e.task) for e in self._retire(w) if e.task.task_id not in ids
-                )
+                self._queue.requeue((e.seq, e.task) for e in self._retire(w) if e.task.task_id not in ids)
         self._queue.remove(ids)
         self._ready = [o for o in self._ready if o.task_id not in ids]
         self._queue.dispatch(self._place)
@@ -422,7 +416,8 @@ class ProcessExecutor(Executor):
                 f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
                 f"from keelflow.executors._worker import main; main({fd})"
             )
-            args = [sys.executable, *subprocess._args_from_interpreter_flags(), "-c", code]
+            flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]  # -O, -X, -W...
+            args = [sys.executable, *flags, "-c", code]
             proc = subprocess.Popen(args, pass_fds=(fd,), close_fds=True, stdin=subprocess.DEVNULL)
         except BaseException:
             parent_end.close()
