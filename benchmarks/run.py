@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -194,19 +195,61 @@ class Proc:
     wall_s: float
     stdout: str
     stderr: str
+    cpu_s: float = 0.0  # CPU of the process and of its reaped descendants (its workers)
+    other_cores: float = 0.0  # CPU used meanwhile by everything else on the machine, in cores
+
+
+_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _busy_jiffies() -> int:
+    """Machine-wide busy CPU time (user, nice, system, irq, softirq, steal) in clock ticks."""
+    fields = _read("/proc/stat").split("\n", 1)[0].split()[1:]
+    v = [int(x) for x in fields[:8]] + [0] * (8 - len(fields[:8]))
+    return v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+
+
+def other_load(seconds: float = 1.0) -> float:
+    """Cores' worth of CPU that other processes use right now (sampled over ``seconds``)."""
+    b, t = _busy_jiffies(), time.perf_counter()
+    time.sleep(seconds)
+    return (_busy_jiffies() - b) / _HZ / (time.perf_counter() - t)
 
 
 def run_proc(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> Proc:
+    """Run ``cmd`` to its end; wall time, output, its CPU, and how busy the rest of the
+    machine was meanwhile (other benchmarks or test suites skew every figure)."""
     full_env = {**os.environ, **(env or {})}
-    t = time.perf_counter()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,
-                           start_new_session=True)
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
-        return Proc(-999, time.perf_counter() - t, out, err + f"\n[timed out after {timeout:.0f} s]")
-    return Proc(p.returncode, time.perf_counter() - t, p.stdout, p.stderr)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        busy0 = _busy_jiffies()
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=full_env, start_new_session=True)
+        timed_out = threading.Event()
+
+        def _kill() -> None:
+            timed_out.set()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+        watchdog = threading.Timer(timeout, _kill)
+        watchdog.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)  # blocking: exact wall time, no polling CPU
+        finally:
+            watchdog.cancel()
+        wall = time.perf_counter() - t
+        busy = (_busy_jiffies() - busy0) / _HZ
+        proc.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from reaping again
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    cpu = usage.ru_utime + usage.ru_stime
+    code = -999 if timed_out.is_set() else proc.returncode
+    if timed_out.is_set():
+        stderr += f"\n[timed out after {timeout:.0f} s]"
+    return Proc(code, wall, stdout, stderr, cpu, max(0.0, (busy - cpu) / wall) if wall > 0 else 0.0)
 
 
 def _status(code: int) -> str:
@@ -227,8 +270,22 @@ class Runner:
         self.args = args
         self.storage_base = storage_base
         self.rows: list[dict[str, Any]] = []
+        self.last_other = 0.0
         self.failures: list[dict[str, Any]] = []
         self._dirs: list[str] = []
+
+    def wait_quiet(self) -> None:
+        """Before a workload: wait (up to --wait-idle seconds) until other processes use less
+        than 0.3 of a core, so another test suite running on the machine skews less."""
+        limit = self.args.wait_idle
+        if not limit:
+            return
+        t = time.monotonic()
+        load = other_load(0.5)
+        while load > 0.3 and time.monotonic() - t < limit:
+            load = other_load(1.0)
+        if load > 0.3:
+            self.log(f"  (machine still busy: other processes use {load:.1f} cores; running anyway)")
 
     def fresh_dir(self, tag: str) -> str:
         d = tempfile.mkdtemp(prefix=f"kfbench-{tag}-", dir=self.storage_base)
@@ -254,11 +311,15 @@ class Runner:
     def json_workload(self, python: str, script: str, name: str, argv: list[str], timeout: float,
                       env: dict[str, str] | None = None) -> tuple[dict[str, Any] | None, Proc]:
         out = os.path.join(self.fresh_dir(name + "-out"), "result.json")
+        self.wait_quiet()
         proc = run_proc([python, script, *argv, "--out", out], timeout, env)
         if proc.returncode != 0 or not os.path.exists(out):
             return None, proc
         with open(out) as f:
-            return json.load(f), proc
+            result = json.load(f)
+        result.update(process_wall_s=round(proc.wall_s, 4), process_cpu_s=round(proc.cpu_s, 3),
+                      other_cores=round(proc.other_cores, 2))
+        return result, proc
 
     def kf(self, name: str, workload: str, n: int, repeats: int = 1, extra: list[str] | None = None,
            timeout: float = 1800) -> dict[str, Any] | None:
@@ -270,7 +331,6 @@ class Runner:
         if result is None:
             self.fail(name, f"kf_workloads.py {' '.join(argv[:2])}", proc)
             return None
-        result["process_wall_s"] = round(proc.wall_s, 4)
         return result
 
     def add(self, name: str, result: dict[str, Any], target: str = "", note: str = "", **extra: Any) -> None:
@@ -305,18 +365,25 @@ def hyperfine(runner: Runner, cmd_for: Any, count: int, timeout: float = 300,
     """Whole-process wall times of ``count`` runs after one untimed warm-up run; each run gets a
     fresh storage directory. Returns the times, or the failing process."""
     times = []
+    other = []
+    runner.wait_quiet()
     for i in range(count + 1):
         proc = run_proc(cmd_for(runner.fresh_dir("cold")), timeout, env)
         if proc.returncode != 0:
             return times, proc
         if i > 0:
             times.append(proc.wall_s)
+            other.append(proc.other_cores)
+    runner.last_other = statistics.mean(other) if other else 0.0
     return times, None
 
 
-def _times_result(times: list[float]) -> dict[str, Any]:
-    return {"steps": 1, "repeats": len(times), "times_s": [round(t, 4) for t in times],
-            "total_s": round(statistics.median(times), 4), "min_s": round(min(times), 4)}
+def _times_result(times: list[float], other: float | None = None) -> dict[str, Any]:
+    res = {"steps": 1, "repeats": len(times), "times_s": [round(t, 4) for t in times],
+           "total_s": round(statistics.median(times), 4), "min_s": round(min(times), 4)}
+    if other is not None:
+        res["other_cores"] = round(other, 2)
+    return res
 
 
 def bench_import(r: Runner, count: int) -> None:
@@ -333,7 +400,7 @@ def bench_import(r: Runner, count: int) -> None:
     if bad or bad2 or not inproc:
         r.fail("import", "python -c 'import keelflow'", bad or bad2 or p)
         return
-    res = _times_result(full)
+    res = _times_result(full, r.last_other)
     res.update(python_startup_s=round(statistics.median(base), 4),
                import_in_process_s=round(statistics.median(inproc), 4))
     r.add("import keelflow (python -c)", res, "light", note=(
@@ -348,7 +415,7 @@ def bench_cold(r: Runner, count: int) -> None:
     if bad:
         r.fail("one-step cold", "python -c one-step run", bad)
         return
-    r.add("one-step cold (python -c)", _times_result(times), T_COLD,
+    r.add("one-step cold (python -c)", _times_result(times, r.last_other), T_COLD,
           note=f"whole process, median of {count} after 1 warm-up")
 
 
@@ -357,6 +424,7 @@ def bench_resume(r: Runner, n: int) -> None:
     storage = r.fresh_dir(name)
     ex = r.args.executor
     r.log(f"  running {name}: a {n}-step chain whose step {n - 1} SIGKILLs its driver ...")
+    r.wait_quiet()
     killed = run_proc([sys.executable, KF_WORKLOADS, "resume-kill", "--n", str(n), "--storage", storage,
                        "--executor", ex], 1800)
     if killed.returncode != -signal.SIGKILL:
@@ -364,6 +432,7 @@ def bench_resume(r: Runner, n: int) -> None:
         return
     time.sleep(1.0)  # orphaned workers notice their parent is gone within 0.5 s and exit
     out = os.path.join(r.fresh_dir(name + "-out"), "result.json")
+    r.wait_quiet()
     proc = run_proc([sys.executable, KF_WORKLOADS, "resume", "--n", str(n), "--storage", storage,
                      "--executor", ex, "--out", out], 600)
     if proc.returncode != 0 or not os.path.exists(out):
@@ -371,9 +440,11 @@ def bench_resume(r: Runner, n: int) -> None:
         return
     with open(out) as f:
         res = json.load(f)
-    r.add(f"resume-{n} killed at {n - 1}: resume()", {"steps": 2, "total_s": res["resume_s"], **res}, T_RESUME,
+    res["other_cores"] = round(proc.other_cores, 2)
+    r.add(f"resume-{n} killed at {n - 1}: resume()", {**res, "steps": 2, "total_s": res["resume_s"]}, T_RESUME,
           note=f"killed run took {killed.wall_s:.1f} s to reach step {n - 1}")
-    r.add(f"resume-{n}: whole process", {"total_s": round(proc.wall_s, 4)}, "",
+    r.add(f"resume-{n}: whole process", {"total_s": round(proc.wall_s, 4), "other_cores": res["other_cores"],
+                                          "driver_peak_rss_mib": res.get("driver_peak_rss_mib")}, "",
           note=f"python start + import + init ({res['init_s'] * 1e3:.0f} ms) + resume + exit")
 
 
@@ -471,7 +542,7 @@ def print_keelflow(rows: list[dict[str, Any]], info: dict[str, Any], executor: s
     table = []
     for r in rows:
         if "error" in r:
-            table.append([r["name"], "-", "-", "-", "-", "", "-", "-", "ERROR " + r["error"]])
+            table.append([r["name"], "-", "-", "-", "-", "", "-", "-", "-", "ERROR " + r["error"]])
             continue
         steps = r.get("steps")
         per = r.get("per_step_ms") if (steps or 0) > 1 else None
@@ -486,17 +557,19 @@ def print_keelflow(rows: list[dict[str, Any]], info: dict[str, Any], executor: s
             r.get("target", ""),
             _fmt(r.get("driver_peak_rss_mib"), ".0f"),
             _fmt(r.get("peak_children_rss_sum_mib"), ".0f"),
+            _fmt(r.get("other_cores"), ".2f"),
             r.get("note", ""),
         ])
     print_table(table, ["workload", "steps", "total s", "ms/step", "reps", "target", "driver MiB",
-                        "workers MiB", "note"])
+                        "workers MiB", "other load", "note"])
     flat = flatness(rows)
     if flat:
         print()
         print(flat)
     print()
     print("total s = median over reps (per-step ms = that / steps); driver MiB = the driver's peak RSS;")
-    print("workers MiB = peak of the summed RSS of its worker processes (sampled every 0.1 s).")
+    print("workers MiB = peak of the summed RSS of its worker processes (sampled every 0.1 s);")
+    print("other load = cores' worth of CPU that other processes on the machine used meanwhile (0 = quiet).")
     print("Targets are printed for reading, not checked.")
 
 
@@ -543,7 +616,7 @@ def run_compare(r: Runner, info: dict[str, Any]) -> dict[str, Any]:
     if bad:
         r.fail("cmp-kf-cold", "keelflow one-step cold", bad)
     else:
-        results["keelflow"]["cold"] = _times_result(times)
+        results["keelflow"]["cold"] = _times_result(times, r.last_other)
 
     for s in systems:
         label, venv, script, extra, cold_key, cold_tail = COMPARE_SYSTEMS[s]
@@ -563,7 +636,6 @@ def run_compare(r: Runner, info: dict[str, Any]) -> dict[str, Any]:
             if res is None:
                 r.fail(f"{s} {workload}", f"{script} {workload}", proc)
                 continue
-            res["process_wall_s"] = round(proc.wall_s, 4)
             results[s][workload] = res
             r.log(f"  {s} {workload}: {res.get('per_step_ms')} ms/step")
         r.log(f"  running {s} one-step cold ...")
@@ -572,7 +644,7 @@ def run_compare(r: Runner, info: dict[str, Any]) -> dict[str, Any]:
         if bad:
             r.fail(f"{s} cold", "one-step cold", bad)
         else:
-            results[s]["cold"] = _times_result(times)
+            results[s]["cold"] = _times_result(times, r.last_other)
             r.log(f"  {s} cold: {results[s]['cold']['total_s']} s")
     print_compare(results, systems, info, versions, install_errors, r.args.executor, (n_chain, n_fan, n_fib))
     return {"results": results, "versions": versions, "install_errors": install_errors}
@@ -617,6 +689,10 @@ def print_compare(results: dict[str, dict[str, Any]], systems: list[str], info: 
     reps = {s: {k: v.get("repeats") for k, v in results.get(s, {}).items()} for s in ["keelflow", *systems]}
     print("repeats (median taken): " + "; ".join(
         f"{s}: " + ", ".join(f"{k} {v}" for k, v in rr.items()) for s, rr in reps.items()))
+    loads = {s: [v.get("other_cores") for v in results.get(s, {}).values() if v.get("other_cores") is not None]
+             for s in ["keelflow", *systems]}
+    print("mean other load (cores used by other processes meanwhile): " + "; ".join(
+        f"{s} {statistics.mean(v):.2f}" for s, v in loads.items() if v))
     print("ratio > 1: keelflow is faster by that factor.")
 
 
@@ -628,6 +704,9 @@ def main() -> None:
     p.add_argument("--executor", choices=["local", "thread"], default="local")
     p.add_argument("--json", metavar="OUT", help="also write every figure to this JSON file")
     p.add_argument("--storage-dir", help="base directory for workload storage (default: a temp dir on the repo's disk)")
+    p.add_argument("--wait-idle", type=float, default=None, metavar="S",
+                   help="before each workload wait up to S seconds for other processes to use < 0.3 cores "
+                        "(default 15, 0 with --quick)")
     p.add_argument("--keep-storage", action="store_true", help="keep the workloads' storage directories")
     p.add_argument("--compare", action="store_true",
                    help="side by side with DBOS and Ray Workflows 2.47.1 (installs their venvs under benchmarks/.venvs)")
@@ -638,6 +717,8 @@ def main() -> None:
     p.add_argument("--compare-timeout", type=float, default=1800.0, help="--compare: seconds per subprocess")
     p.add_argument("--setup-only", action="store_true", help="--compare: only create the virtualenvs")
     args = p.parse_args()
+    if args.wait_idle is None:
+        args.wait_idle = 0.0 if args.quick else 15.0
     args.only = [o.strip() for o in args.only.split(",")] if args.only else None
 
     if args.setup_only:

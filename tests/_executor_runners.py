@@ -124,3 +124,11 @@ class CountingFunc:
 
 def blob_of(n: int) -> bytes:
     return b"x" * n
+
+
+def leave_a_child_and_die(seconds: float) -> None:
+    """Start a process that outlives this worker (sharing inheritable fds), then die."""
+    import subprocess
+
+    subprocess.Popen(["sleep", str(seconds)], close_fds=False)
+    os._exit(5)

@@ -356,7 +356,7 @@ class Harness:
     def release_all(self) -> None:
         for name in os.listdir(self.ctrl):
             if name.startswith("block-"):
-                self.release(name[len("block-"):])
+                self.release(name[len("block-") :])
 
     def executions(self) -> list[tuple[str, int]]:
         return read_log(self.log)
@@ -378,9 +378,21 @@ class Harness:
         out = open(os.path.join(self.root, f"driver-{self._n}.out"), "w+")  # noqa: SIM115
         err = open(os.path.join(self.root, f"driver-{self._n}.err"), "w+")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-c", "import crashsteps; crashsteps.main()", mode, self.storage, self.executor, wid,
-             spec_file],
-            env=self.env(), stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.root,
+            [
+                sys.executable,
+                "-c",
+                "import crashsteps; crashsteps.main()",
+                mode,
+                self.storage,
+                self.executor,
+                wid,
+                spec_file,
+            ],
+            env=self.env(),
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            cwd=self.root,
         )
         proc.out_file, proc.err_file = out, err  # type: ignore[attr-defined]
         self.procs.append(proc)
@@ -404,7 +416,7 @@ class Harness:
         out, err = self.output_of(proc)
         for line in out.splitlines():
             if line.startswith("RESULT "):
-                return json.loads(line[len("RESULT "):])
+                return json.loads(line[len("RESULT ") :])
         raise AssertionError(f"driver exited {proc.returncode} without a result\nstdout:\n{out}\nstderr:\n{err}")
 
     def run(self, mode: str, wid: str, spec: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
@@ -512,9 +524,7 @@ def wait_gone(pids: list[int], timeout: float) -> None:
         time.sleep(0.02)
 
 
-def split_counts(
-    executions: list[tuple[str, int]], cut: int
-) -> tuple[dict[str, int], dict[str, int]]:
+def split_counts(executions: list[tuple[str, int]], cut: int) -> tuple[dict[str, int], dict[str, int]]:
     """Execution counts before and after position ``cut`` of the log."""
     import collections
 

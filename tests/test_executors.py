@@ -196,7 +196,7 @@ def test_zero_cpu_tasks_are_capped(made: list[Executor], tmp_path: Path) -> None
     ("demand", "words"),
     [
         (Demand(cpus=4), ["4 CPUs", "has 2", "num_cpus"]),
-        (Demand(cpus=0, gpus=1), ["1 GPU", "num_gpus"]),
+        (Demand(cpus=0, gpus=1), ["1 GPU", "has 0", "resources={'GPU'"]),
         (Demand(cpus=1, custom=(("db", 1),)), ["'db'", "resources"]),
     ],
     ids=["cpus", "gpus", "custom"],
@@ -356,6 +356,12 @@ def test_step_that_exits_the_process(make_process: Callable[..., ProcessExecutor
     assert value(o_after) == "still works"
 
 
+def test_worker_death_is_seen_even_if_its_child_lives_on(make_process: Callable[..., ProcessExecutor]) -> None:
+    ex = make_process(num_cpus=1)
+    (o,) = run_all(ex, [make_task(r.leave_a_child_and_die, 5)])
+    assert o.error is not None and "exit code 5" in o.error
+
+
 def test_cancel_kills_the_running_worker(make_process: Callable[..., ProcessExecutor], tmp_path: Path) -> None:
     ex = make_process(num_cpus=1)
     pid_file = tmp_path / "pid"
@@ -376,7 +382,7 @@ def test_workers_are_reused_and_stopped_by_shutdown(make_process: Callable[..., 
     pids |= {value(o) for o in run_all(ex, [make_task(os.getpid) for _ in range(30)])}
     assert len(pids) <= 2
     ex.shutdown()
-    assert all(wait_until(lambda p=p: not alive(p), 5) for p in pids)
+    assert wait_until(lambda: not any(alive(p) for p in pids), 5)
 
 
 def _run_script(code: str, **kwargs: Any) -> subprocess.Popen[bytes]:

@@ -129,6 +129,9 @@ def main(fd: int) -> None:
     # Ctrl-C goes to the whole foreground process group; the parent decides what to stop.
     # A no-op handler (not SIG_IGN) so that processes started by steps get the default back.
     signal.signal(signal.SIGINT, lambda signum, frame: None)
+    # pass_fds made it inheritable; a process a step starts must not keep it open, or the
+    # parent would not see EOF when this worker dies.
+    os.set_inheritable(fd, False)
     conn = Connection(fd)
     try:
         sys_path, env = pickle.loads(conn.recv_bytes())

@@ -74,7 +74,7 @@ class Capacity:
         if d.gpus > self.gpus + _EPS:
             return (
                 f"needs {_amount(d.gpus, 'GPU')} but this executor has {self.gpus:g}; "
-                "declare more with init(num_gpus=...)"
+                "declare them with init(resources={'GPU': ...})"
             )
         for name, n in d.custom:
             have = self.custom.get(name, 0.0)
