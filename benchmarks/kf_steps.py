@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import signal
 
-import keelflow as workflow
 from _bench_util import burn
+
+import keelflow as workflow
 
 
 @workflow.step

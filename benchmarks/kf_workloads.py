@@ -94,8 +94,9 @@ def main() -> None:
     p.add_argument("workload", choices=["chain", "fanout", "fib", "onestep", "resume-kill", "resume", "cpu"])
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--budget-s", type=float, default=float("inf"),
-                   help="stop repeating once the repeats so far took this long")
+    p.add_argument(
+        "--budget-s", type=float, default=float("inf"), help="stop repeating once the repeats so far took this long"
+    )
     p.add_argument("--storage", required=True)
     p.add_argument("--executor", default="local")
     p.add_argument("--num-cpus", type=float, default=None)
@@ -116,9 +117,12 @@ def main() -> None:
         out = workflow.resume("resume-chain")
         dt = time.perf_counter() - t
         assert out == a.n, out
-        result.update(resume_s=round(dt, 4), init_s=round(t_init, 4),
-                      process_to_result_s=round(time.perf_counter() - _T_PROCESS, 4),
-                      status=str(workflow.get_status("resume-chain")))
+        result.update(
+            resume_s=round(dt, 4),
+            init_s=round(t_init, 4),
+            process_to_result_s=round(time.perf_counter() - _T_PROCESS, 4),
+            status=str(workflow.get_status("resume-chain")),
+        )
     elif a.workload == "resume-kill":
         os.environ["KF_BENCH_KILL_AT"] = str(a.n - 1)
         os.environ["KF_BENCH_DRIVER_PID"] = str(os.getpid())
@@ -129,7 +133,7 @@ def main() -> None:
         t = time.perf_counter()
         x.run(workflow_id="resume-chain")
         # Only reached if the kill did not happen.
-        result.update(error="step %d did not kill the driver" % (a.n - 1), total_s=time.perf_counter() - t)
+        result.update(error=f"step {a.n - 1} did not kill the driver", total_s=time.perf_counter() - t)
     else:
         workflow.init(a.storage, executor=a.executor, num_cpus=a.num_cpus)
         t = time.perf_counter()
@@ -146,8 +150,11 @@ def main() -> None:
                 onestep(1, f"w{i}")
             times = [onestep(1, str(i)) for i in range(a.n)]
             result.update(summarize(times, 1))
-            result.update(count=a.n, mean_ms=round(statistics.mean(times) * 1e3, 4),
-                          p90_ms=round(sorted(times)[int(0.9 * len(times))] * 1e3, 4))
+            result.update(
+                count=a.n,
+                mean_ms=round(statistics.mean(times) * 1e3, 4),
+                p90_ms=round(sorted(times)[int(0.9 * len(times))] * 1e3, 4),
+            )
         else:
             fn = {"chain": chain, "fanout": fanout, "fib": fib}[a.workload]
             steps = {"chain": a.n, "fanout": a.n + 1, "fib": fib_steps(a.n)}[a.workload]

@@ -119,7 +119,7 @@ def _mount_of(path: str) -> dict[str, str]:
                 fields = left.split()
                 mount = fields[4].replace("\\040", " ")
                 if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > best_len:
-                    fstype, source = (right.split() + ["?", "?"])[:2]
+                    fstype, source = [*right.split(), "?", "?"][:2]
                     best, best_len = {"mount": mount, "fstype": fstype, "source": source}, len(mount)
     except OSError:
         pass
@@ -164,14 +164,16 @@ def _git(*args: str) -> str:
 
 
 def machine_info(storage_base: str, mount: dict[str, str]) -> dict[str, Any]:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in _read("/proc/cpuinfo").splitlines()
-                if ln.startswith("model name")), platform.processor())
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in _read("/proc/cpuinfo").splitlines() if ln.startswith("model name")),
+        platform.processor(),
+    )
     mem = next((ln.split()[1] for ln in _read("/proc/meminfo").splitlines() if ln.startswith("MemTotal")), "0")
     try:
         import keelflow
 
         kf_version = keelflow.__version__
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         kf_version = f"import failed: {e}"
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -308,8 +310,9 @@ class Runner:
         self.rows.append({"name": name, "error": f"{what}: {_status(proc.returncode)}"})
         self.log(f"  !! {name}: {what} failed ({_status(proc.returncode)}); stderr tail:\n{tail}")
 
-    def json_workload(self, python: str, script: str, name: str, argv: list[str], timeout: float,
-                      env: dict[str, str] | None = None) -> tuple[dict[str, Any] | None, Proc]:
+    def json_workload(
+        self, python: str, script: str, name: str, argv: list[str], timeout: float, env: dict[str, str] | None = None
+    ) -> tuple[dict[str, Any] | None, Proc]:
         out = os.path.join(self.fresh_dir(name + "-out"), "result.json")
         self.wait_quiet()
         proc = run_proc([python, script, *argv, "--out", out], timeout, env)
@@ -317,15 +320,30 @@ class Runner:
             return None, proc
         with open(out) as f:
             result = json.load(f)
-        result.update(process_wall_s=round(proc.wall_s, 4), process_cpu_s=round(proc.cpu_s, 3),
-                      other_cores=round(proc.other_cores, 2))
+        result.update(
+            process_wall_s=round(proc.wall_s, 4),
+            process_cpu_s=round(proc.cpu_s, 3),
+            other_cores=round(proc.other_cores, 2),
+        )
         return result, proc
 
-    def kf(self, name: str, workload: str, n: int, repeats: int = 1, extra: list[str] | None = None,
-           timeout: float = 1800) -> dict[str, Any] | None:
+    def kf(
+        self, name: str, workload: str, n: int, repeats: int = 1, extra: list[str] | None = None, timeout: float = 1800
+    ) -> dict[str, Any] | None:
         storage = self.fresh_dir(name)
-        argv = [workload, "--n", str(n), "--repeats", str(repeats), "--storage", storage,
-                "--executor", self.args.executor, "--sample-rss", *(extra or [])]
+        argv = [
+            workload,
+            "--n",
+            str(n),
+            "--repeats",
+            str(repeats),
+            "--storage",
+            storage,
+            "--executor",
+            self.args.executor,
+            "--sample-rss",
+            *(extra or []),
+        ]
         self.log(f"  running {name} ...")
         result, proc = self.json_workload(sys.executable, KF_WORKLOADS, name, argv, timeout)
         if result is None:
@@ -337,8 +355,11 @@ class Runner:
         row = {"name": name, "target": target, "note": note, **result, **extra}
         self.rows.append(row)
         per = row.get("per_step_ms")
-        shown = f"{per:.3f} ms/step" if isinstance(per, (int, float)) and row.get("steps", 0) > 1 else (
-            f"{row['total_s']:.4f} s" if isinstance(row.get("total_s"), (int, float)) else row.get("note", ""))
+        shown = (
+            f"{per:.3f} ms/step"
+            if isinstance(per, (int, float)) and row.get("steps", 0) > 1
+            else (f"{row['total_s']:.4f} s" if isinstance(row.get("total_s"), (int, float)) else row.get("note", ""))
+        )
         self.log(f"  {name}: {shown}")
 
 
@@ -348,10 +369,28 @@ GROUPS = ["import", "cold", "warm", "chain", "fanout", "fib", "resume", "memory"
 
 def sizes(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"chain": [(1000, 2)], "fanout": [(1000, 2)], "fib": [(12, 2)], "resume": 1000,
-                "memory": [5000], "warm": 50, "cold": 3, "import": 3, "cpu": (4, 0.25)}
-    return {"chain": [(1000, 5), (10000, 3)], "fanout": [(1000, 5), (10000, 3)], "fib": [(15, 5), (20, 1)],
-            "resume": 10000, "memory": [100000], "warm": 200, "cold": 5, "import": 5, "cpu": (8, 0.5)}
+        return {
+            "chain": [(1000, 2)],
+            "fanout": [(1000, 2)],
+            "fib": [(12, 2)],
+            "resume": 1000,
+            "memory": [5000],
+            "warm": 50,
+            "cold": 3,
+            "import": 3,
+            "cpu": (4, 0.25),
+        }
+    return {
+        "chain": [(1000, 5), (10000, 3)],
+        "fanout": [(1000, 5), (10000, 3)],
+        "fib": [(15, 5), (20, 1)],
+        "resume": 10000,
+        "memory": [100000],
+        "warm": 200,
+        "cold": 5,
+        "import": 5,
+        "cpu": (8, 0.5),
+    }
 
 
 def wanted(only: list[str] | None, group: str, name: str | None = None) -> bool:
@@ -360,8 +399,9 @@ def wanted(only: list[str] | None, group: str, name: str | None = None) -> bool:
     return any(o == group or (name is not None and o == name) for o in only)
 
 
-def hyperfine(runner: Runner, cmd_for: Any, count: int, timeout: float = 300,
-              env: dict[str, str] | None = None) -> tuple[list[float], Proc | None]:
+def hyperfine(
+    runner: Runner, cmd_for: Any, count: int, timeout: float = 300, env: dict[str, str] | None = None
+) -> tuple[list[float], Proc | None]:
     """Whole-process wall times of ``count`` runs after one untimed warm-up run; each run gets a
     fresh storage directory. Returns the times, or the failing process."""
     times = []
@@ -379,8 +419,13 @@ def hyperfine(runner: Runner, cmd_for: Any, count: int, timeout: float = 300,
 
 
 def _times_result(times: list[float], other: float | None = None) -> dict[str, Any]:
-    res = {"steps": 1, "repeats": len(times), "times_s": [round(t, 4) for t in times],
-           "total_s": round(statistics.median(times), 4), "min_s": round(min(times), 4)}
+    res = {
+        "steps": 1,
+        "repeats": len(times),
+        "times_s": [round(t, 4) for t in times],
+        "total_s": round(statistics.median(times), 4),
+        "min_s": round(min(times), 4),
+    }
     if other is not None:
         res["other_cores"] = round(other, 2)
     return res
@@ -401,11 +446,18 @@ def bench_import(r: Runner, count: int) -> None:
         r.fail("import", "python -c 'import keelflow'", bad or bad2 or p)
         return
     res = _times_result(full, r.last_other)
-    res.update(python_startup_s=round(statistics.median(base), 4),
-               import_in_process_s=round(statistics.median(inproc), 4))
-    r.add("import keelflow (python -c)", res, "light", note=(
-        f"import alone {res['import_in_process_s'] * 1e3:.0f} ms in-process; bare `python -c pass` "
-        f"{res['python_startup_s'] * 1e3:.0f} ms"))
+    res.update(
+        python_startup_s=round(statistics.median(base), 4), import_in_process_s=round(statistics.median(inproc), 4)
+    )
+    r.add(
+        "import keelflow (python -c)",
+        res,
+        "light",
+        note=(
+            f"import alone {res['import_in_process_s'] * 1e3:.0f} ms in-process; bare `python -c pass` "
+            f"{res['python_startup_s'] * 1e3:.0f} ms"
+        ),
+    )
 
 
 def bench_cold(r: Runner, count: int) -> None:
@@ -415,8 +467,12 @@ def bench_cold(r: Runner, count: int) -> None:
     if bad:
         r.fail("one-step cold", "python -c one-step run", bad)
         return
-    r.add("one-step cold (python -c)", _times_result(times, r.last_other), T_COLD,
-          note=f"whole process, median of {count} after 1 warm-up")
+    r.add(
+        "one-step cold (python -c)",
+        _times_result(times, r.last_other),
+        T_COLD,
+        note=f"whole process, median of {count} after 1 warm-up",
+    )
 
 
 def bench_resume(r: Runner, n: int) -> None:
@@ -425,27 +481,41 @@ def bench_resume(r: Runner, n: int) -> None:
     ex = r.args.executor
     r.log(f"  running {name}: a {n}-step chain whose step {n - 1} SIGKILLs its driver ...")
     r.wait_quiet()
-    killed = run_proc([sys.executable, KF_WORKLOADS, "resume-kill", "--n", str(n), "--storage", storage,
-                       "--executor", ex], 1800)
+    killed = run_proc(
+        [sys.executable, KF_WORKLOADS, "resume-kill", "--n", str(n), "--storage", storage, "--executor", ex], 1800
+    )
     if killed.returncode != -signal.SIGKILL:
         r.fail(name, f"killing the driver at step {n - 1} (expected SIGKILL)", killed)
         return
     time.sleep(1.0)  # orphaned workers notice their parent is gone within 0.5 s and exit
     out = os.path.join(r.fresh_dir(name + "-out"), "result.json")
     r.wait_quiet()
-    proc = run_proc([sys.executable, KF_WORKLOADS, "resume", "--n", str(n), "--storage", storage,
-                     "--executor", ex, "--out", out], 600)
+    proc = run_proc(
+        [sys.executable, KF_WORKLOADS, "resume", "--n", str(n), "--storage", storage, "--executor", ex, "--out", out],
+        600,
+    )
     if proc.returncode != 0 or not os.path.exists(out):
         r.fail(name, "workflow.resume() in a fresh process", proc)
         return
     with open(out) as f:
         res = json.load(f)
     res["other_cores"] = round(proc.other_cores, 2)
-    r.add(f"resume-{n} killed at {n - 1}: resume()", {**res, "steps": 2, "total_s": res["resume_s"]}, T_RESUME,
-          note=f"killed run took {killed.wall_s:.1f} s to reach step {n - 1}")
-    r.add(f"resume-{n}: whole process", {"total_s": round(proc.wall_s, 4), "other_cores": res["other_cores"],
-                                          "driver_peak_rss_mib": res.get("driver_peak_rss_mib")}, "",
-          note=f"python start + import + init ({res['init_s'] * 1e3:.0f} ms) + resume + exit")
+    r.add(
+        f"resume-{n} killed at {n - 1}: resume()",
+        {**res, "steps": 2, "total_s": res["resume_s"]},
+        T_RESUME,
+        note=f"killed run took {killed.wall_s:.1f} s to reach step {n - 1}",
+    )
+    r.add(
+        f"resume-{n}: whole process",
+        {
+            "total_s": round(proc.wall_s, 4),
+            "other_cores": res["other_cores"],
+            "driver_peak_rss_mib": res.get("driver_peak_rss_mib"),
+        },
+        "",
+        note=f"python start + import + init ({res['init_s'] * 1e3:.0f} ms) + resume + exit",
+    )
 
 
 def bench_cpu(r: Runner, steps: int, seconds: float) -> None:
@@ -459,8 +529,12 @@ def bench_cpu(r: Runner, steps: int, seconds: float) -> None:
     speedup = one_cpu["total_s"] / all_cores["total_s"]
     r.add(f"{name} init() all cores", all_cores, "", note=f"{os.cpu_count()} cores, {iters} iterations/step")
     r.add(f"{name} init(num_cpus=1)", one_cpu, "")
-    r.add(f"{name} speed-up", {"total_s": None, "speedup": round(speedup, 2)},
-          f"~{os.cpu_count()}x expected", note=f"{speedup:.2f}x ({r.args.executor} executor)")
+    r.add(
+        f"{name} speed-up",
+        {"total_s": None, "speedup": round(speedup, 2)},
+        f"~{os.cpu_count()}x expected",
+        note=f"{speedup:.2f}x ({r.args.executor} executor)",
+    )
     if r.args.executor == "local":
         saved, r.args.executor = r.args.executor, "thread"
         try:
@@ -468,8 +542,12 @@ def bench_cpu(r: Runner, steps: int, seconds: float) -> None:
         finally:
             r.args.executor = saved
         if th is not None:
-            r.add(f"{name} thread executor (for contrast)", th, "",
-                  note=f"GIL-bound: {th['total_s'] / all_cores['total_s']:.2f}x the local executor's time")
+            r.add(
+                f"{name} thread executor (for contrast)",
+                th,
+                "",
+                note=f"GIL-bound: {th['total_s'] / all_cores['total_s']:.2f}x the local executor's time",
+            )
 
 
 def run_keelflow(r: Runner) -> None:
@@ -502,19 +580,30 @@ def run_keelflow(r: Runner) -> None:
         for n in s["memory"]:
             res = r.kf(f"fanout-{n}", "fanout", n, 1)
             if res:
-                r.add(f"fanout-{n}", res, T_MEMORY,
-                      note=f"peak RSS driver+workers {res.get('peak_total_rss_mib', '?')} MiB")
+                r.add(
+                    f"fanout-{n}",
+                    res,
+                    T_MEMORY,
+                    note=f"peak RSS driver+workers {res.get('peak_total_rss_mib', '?')} MiB",
+                )
     if wanted(only, "cpu"):
         bench_cpu(r, *s["cpu"])
 
 
-def flatness(rows: list[dict[str, Any]]) -> str | None:
-    fan = sorted((r["steps"] - 1, r["per_step_ms"]) for r in rows
-                 if r.get("name", "").startswith("fanout-") and "per_step_ms" in r)
-    if len(fan) < 2:
-        return None
-    parts = ", ".join(f"{n:,}: {ms:.3f}" for n, ms in fan)
-    return f"fan-out per-step ms by size: {parts}  (largest/smallest = {fan[-1][1] / fan[0][1]:.2f}x)"
+def flatness(rows: list[dict[str, Any]]) -> list[str]:
+    """Per-step cost by size, for each shape run at several sizes."""
+    lines = []
+    for shape, extra in (("chain", 0), ("fanout", 1)):
+        pts = sorted(
+            (r["steps"] - extra, r["per_step_ms"])
+            for r in rows
+            if r.get("name", "").startswith(shape + "-") and isinstance(r.get("per_step_ms"), (int, float))
+        )
+        if len(pts) >= 2:
+            parts = ", ".join(f"{n:,}: {ms:.3f}" for n, ms in pts)
+            ratio = pts[-1][1] / pts[0][1]
+            lines.append(f"{shape} per-step ms by size: {parts}  (largest / smallest size = {ratio:.2f}x)")
+    return lines
 
 
 # -- printing -------------------------------------------------------------------------------------
@@ -524,20 +613,24 @@ def _fmt(v: Any, spec: str) -> str:
 
 def print_table(rows: list[dict[str, Any]], headers: list[str], out: Any = sys.stdout) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     print(line, file=out)
     print("  ".join("-" * w for w in widths), file=out)
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=out)
 
 
 def print_keelflow(rows: list[dict[str, Any]], info: dict[str, Any], executor: str) -> None:
     print()
     print(f"keelflow {info['keelflow']} benchmarks, executor {executor!r}, {info['date']}")
-    print(f"machine: {info['cpus']} cores ({info['cpu_model']}), {info['memory_gib']} GiB, Python {info['python']}, "
-          f"Linux {info['kernel']}")
-    print(f"storage: fresh directories under {info['storage_base']} ({info['storage_fs']}); "
-          "keelflow file storage, fsync'd appends")
+    print(
+        f"machine: {info['cpus']} cores ({info['cpu_model']}), {info['memory_gib']} GiB, Python {info['python']}, "
+        f"Linux {info['kernel']}"
+    )
+    print(
+        f"storage: fresh directories under {info['storage_base']} ({info['storage_fs']}); "
+        "keelflow file storage, fsync'd appends"
+    )
     print()
     table = []
     for r in rows:
@@ -548,24 +641,39 @@ def print_keelflow(rows: list[dict[str, Any]], info: dict[str, Any], executor: s
         per = r.get("per_step_ms") if (steps or 0) > 1 else None
         if r.get("name", "").startswith("one-step warm"):
             per = r.get("per_step_ms")
-        table.append([
-            r["name"],
-            f"{steps:,}" if isinstance(steps, int) and steps > 1 else "-",
-            _fmt(r.get("total_s"), ".3f"),
-            _fmt(per, ".3f"),
-            str(r.get("repeats", "-")),
-            r.get("target", ""),
-            _fmt(r.get("driver_peak_rss_mib"), ".0f"),
-            _fmt(r.get("peak_children_rss_sum_mib"), ".0f"),
-            _fmt(r.get("other_cores"), ".2f"),
-            r.get("note", ""),
-        ])
-    print_table(table, ["workload", "steps", "total s", "ms/step", "reps", "target", "driver MiB",
-                        "workers MiB", "other load", "note"])
+        table.append(
+            [
+                r["name"],
+                f"{steps:,}" if isinstance(steps, int) and steps > 1 else "-",
+                _fmt(r.get("total_s"), ".3f"),
+                _fmt(per, ".3f"),
+                str(r.get("repeats", "-")),
+                r.get("target", ""),
+                _fmt(r.get("driver_peak_rss_mib"), ".0f"),
+                _fmt(r.get("peak_children_rss_sum_mib"), ".0f"),
+                _fmt(r.get("other_cores"), ".2f"),
+                r.get("note", ""),
+            ]
+        )
+    print_table(
+        table,
+        [
+            "workload",
+            "steps",
+            "total s",
+            "ms/step",
+            "reps",
+            "target",
+            "driver MiB",
+            "workers MiB",
+            "other load",
+            "note",
+        ],
+    )
     flat = flatness(rows)
     if flat:
         print()
-        print(flat)
+        print("\n".join(flat))
     print()
     print("total s = median over reps (per-step ms = that / steps); driver MiB = the driver's peak RSS;")
     print("workers MiB = peak of the summed RSS of its worker processes (sampled every 0.1 s);")
@@ -576,9 +684,9 @@ def print_keelflow(rows: list[dict[str, Any]], info: dict[str, Any], executor: s
 # -- side-by-side ---------------------------------------------------------------------------------
 COMPARE_SYSTEMS = {
     # key: (label, venv, script, extra argv, cold-code key, cold argv tail)
-    "dbos": ("DBOS 3 / SQLite", "dbos", "dbos_workloads.py", ["--sqlite-journal", "default"], "dbos", ["default"]),
-    "dbos-wal": ("DBOS 3 / SQLite WAL", "dbos", "dbos_workloads.py", ["--sqlite-journal", "wal"], "dbos", ["wal"]),
-    "ray": ("Ray Workflows 2.47.1", "ray", "ray_workloads.py", [], "ray", []),
+    "dbos": ("DBOS/SQLite", "dbos", "dbos_workloads.py", ["--sqlite-journal", "default"], "dbos", ["default"]),
+    "dbos-wal": ("DBOS/SQLite-WAL", "dbos", "dbos_workloads.py", ["--sqlite-journal", "wal"], "dbos", ["wal"]),
+    "ray": ("Ray-WF 2.47.1", "ray", "ray_workloads.py", [], "ray", []),
 }
 SYSTEM_ENV = {"ray": {"RAY_USAGE_STATS_ENABLED": "0"}, "dbos": {}}
 
@@ -595,7 +703,7 @@ def run_compare(r: Runner, info: dict[str, Any]) -> dict[str, Any]:
     for venv in sorted({COMPARE_SYSTEMS[s][1] for s in systems}):
         try:
             pythons[venv] = venvs.ensure(venv, log=r.log)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             install_errors[venv] = str(e)
             r.log(f"[compare] could not set up {venv}: {e}")
     versions = {v: venvs.installed_versions(v) for v in pythons}
@@ -608,8 +716,13 @@ def run_compare(r: Runner, info: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {"keelflow": {}}
     r.log(f"[compare] keelflow ({r.args.executor} executor)")
     for workload, n in plan:
-        res = r.kf(f"cmp-kf-{workload}", workload, n, reps if workload != "onestep" else 1,
-                   extra=["--budget-s", str(r.args.budget)])
+        res = r.kf(
+            f"cmp-kf-{workload}",
+            workload,
+            n,
+            reps if workload != "onestep" else 1,
+            extra=["--budget-s", str(r.args.budget)],
+        )
         if res:
             results["keelflow"][workload] = res
     times, bad = hyperfine(r, lambda d: [sys.executable, "-c", COLD_CODE["keelflow"], d, r.args.executor], cold_count)
@@ -628,19 +741,36 @@ def run_compare(r: Runner, info: dict[str, Any]) -> dict[str, Any]:
         r.log(f"[compare] {label}")
         for workload, n in plan:
             storage = r.fresh_dir(f"cmp-{s}-{workload}")
-            argv = [workload, "--n", str(n), "--repeats", str(reps if workload != "onestep" else 1),
-                    "--storage", storage, "--budget-s", str(r.args.budget), *extra]
+            argv = [
+                workload,
+                "--n",
+                str(n),
+                "--repeats",
+                str(reps if workload != "onestep" else 1),
+                "--storage",
+                storage,
+                "--budget-s",
+                str(r.args.budget),
+                *extra,
+            ]
             r.log(f"  running {s} {workload} {n} ...")
-            res, proc = r.json_workload(py, os.path.join(COMPARE, script), f"cmp-{s}-{workload}", argv,
-                                        r.args.compare_timeout, env)
+            res, proc = r.json_workload(
+                py, os.path.join(COMPARE, script), f"cmp-{s}-{workload}", argv, r.args.compare_timeout, env
+            )
             if res is None:
                 r.fail(f"{s} {workload}", f"{script} {workload}", proc)
                 continue
             results[s][workload] = res
             r.log(f"  {s} {workload}: {res.get('per_step_ms')} ms/step")
         r.log(f"  running {s} one-step cold ...")
-        times, bad = hyperfine(r, lambda d: [py, "-c", COLD_CODE[cold_key], d, *cold_tail], cold_count,
-                               timeout=r.args.compare_timeout, env=env)
+        code = COLD_CODE[cold_key]
+        times, bad = hyperfine(
+            r,
+            lambda d, py=py, code=code, tail=cold_tail: [py, "-c", code, d, *tail],
+            cold_count,
+            timeout=r.args.compare_timeout,
+            env=env,
+        )
         if bad:
             r.fail(f"{s} cold", "one-step cold", bad)
         else:
@@ -650,13 +780,21 @@ def run_compare(r: Runner, info: dict[str, Any]) -> dict[str, Any]:
     return {"results": results, "versions": versions, "install_errors": install_errors}
 
 
-def print_compare(results: dict[str, dict[str, Any]], systems: list[str], info: dict[str, Any],
-                  versions: dict[str, dict[str, str]], install_errors: dict[str, str], executor: str,
-                  ns: tuple[int, int, int]) -> None:
+def print_compare(
+    results: dict[str, dict[str, Any]],
+    systems: list[str],
+    info: dict[str, Any],
+    versions: dict[str, dict[str, str]],
+    install_errors: dict[str, str],
+    executor: str,
+    ns: tuple[int, int, int],
+) -> None:
     n_chain, n_fan, n_fib = ns
     print()
-    print(f"Side by side, one run, {info['date']}: {info['cpus']} cores ({info['cpu_model']}), "
-          f"Python {info['python']}, storage on {info['storage_fs']}")
+    print(
+        f"Side by side, one run, {info['date']}: {info['cpus']} cores ({info['cpu_model']}), "
+        f"Python {info['python']}, storage on {info['storage_fs']}"
+    )
     ver = []
     if "dbos" in versions:
         ver.append(f"dbos {versions['dbos'].get('dbos', '?')} (SQLAlchemy {versions['dbos'].get('sqlalchemy', '?')})")
@@ -674,26 +812,42 @@ def print_compare(results: dict[str, dict[str, Any]], systems: list[str], info: 
         ("cold", "one-step cold, python -c (s)", "total_s", 1.0),
     ]
     labels = [COMPARE_SYSTEMS[s][0] for s in systems]
-    headers = ["workload", "keelflow", *labels, *[f"{lab} / keelflow" for lab in labels]]
+    headers = ["workload", "keelflow", *labels, *[f"{lab.split()[0]} vs kf" for lab in labels]]
     table = []
     for key, title, field, _ in rows_spec:
         kf = results["keelflow"].get(key, {}).get(field)
         row = [title, _fmt(kf, ".3f")]
         vals = [results.get(s, {}).get(key, {}).get(field) for s in systems]
         row += [_fmt(v, ".3f") for v in vals]
-        row += [(f"{v / kf:.1f}x" if isinstance(v, (int, float)) and isinstance(kf, (int, float)) and kf else "-")
-                for v in vals]
+        row += [
+            (f"{v / kf:.1f}x" if isinstance(v, (int, float)) and isinstance(kf, (int, float)) and kf else "-")
+            for v in vals
+        ]
         table.append(row)
     print_table(table, headers)
     print()
     reps = {s: {k: v.get("repeats") for k, v in results.get(s, {}).items()} for s in ["keelflow", *systems]}
-    print("repeats (median taken): " + "; ".join(
-        f"{s}: " + ", ".join(f"{k} {v}" for k, v in rr.items()) for s, rr in reps.items()))
-    loads = {s: [v.get("other_cores") for v in results.get(s, {}).values() if v.get("other_cores") is not None]
-             for s in ["keelflow", *systems]}
-    print("mean other load (cores used by other processes meanwhile): " + "; ".join(
-        f"{s} {statistics.mean(v):.2f}" for s, v in loads.items() if v))
-    print("ratio > 1: keelflow is faster by that factor.")
+    print(
+        "repeats (median taken): "
+        + "; ".join(f"{s}: " + ", ".join(f"{k} {v}" for k, v in rr.items()) for s, rr in reps.items())
+    )
+    loads = {
+        s: [v.get("other_cores") for v in results.get(s, {}).values() if v.get("other_cores") is not None]
+        for s in ["keelflow", *systems]
+    }
+    print(
+        "mean other load (cores used by other processes meanwhile): "
+        + "; ".join(f"{s} {statistics.mean(v):.2f}" for s, v in loads.items() if v)
+    )
+    print("'X vs kf' = X's figure / keelflow's: > 1 means keelflow is faster by that factor.")
+    print(
+        "DBOS/SQLite: SQLite as DBOS opens it (rollback journal, synchronous=FULL); DBOS/SQLite-WAL: "
+        "journal_mode=WAL, synchronous=FULL (still fsync'd per commit)."
+    )
+    print(
+        "Ray-WF: ray.init(storage=dir, include_dashboard=False, _node_ip_address=127.0.0.1); its checkpoints "
+        "are not fsync'd. Ray's own daemons' CPU shows up as other load."
+    )
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -704,16 +858,28 @@ def main() -> None:
     p.add_argument("--executor", choices=["local", "thread"], default="local")
     p.add_argument("--json", metavar="OUT", help="also write every figure to this JSON file")
     p.add_argument("--storage-dir", help="base directory for workload storage (default: a temp dir on the repo's disk)")
-    p.add_argument("--wait-idle", type=float, default=None, metavar="S",
-                   help="before each workload wait up to S seconds for other processes to use < 0.3 cores "
-                        "(default 15, 0 with --quick)")
+    p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=None,
+        metavar="S",
+        help="before each workload wait up to S seconds for other processes to use < 0.3 cores "
+        "(default 15, 0 with --quick)",
+    )
     p.add_argument("--keep-storage", action="store_true", help="keep the workloads' storage directories")
-    p.add_argument("--compare", action="store_true",
-                   help="side by side with DBOS and Ray Workflows 2.47.1 (installs their venvs under benchmarks/.venvs)")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="side by side with DBOS and Ray Workflows 2.47.1 (installs venvs in benchmarks/.venvs)",
+    )
     p.add_argument("--systems", default="dbos,dbos-wal,ray", help="--compare: which systems (dbos, dbos-wal, ray)")
     p.add_argument("--compare-repeats", type=int, default=3, help="--compare: repeats per workload (default 3)")
-    p.add_argument("--budget", type=float, default=60.0,
-                   help="--compare: stop repeating a workload once it has run this many seconds (default 60)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=60.0,
+        help="--compare: stop repeating a workload once it has run this many seconds (default 60)",
+    )
     p.add_argument("--compare-timeout", type=float, default=1800.0, help="--compare: seconds per subprocess")
     p.add_argument("--setup-only", action="store_true", help="--compare: only create the virtualenvs")
     args = p.parse_args()

@@ -29,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _bench_util import RssSampler, fib_steps, fib_value, rusage_report, summarize, write_result  # noqa: E402
+from _bench_util import RssSampler, fib_steps, fib_value, rusage_report, summarize, write_result
 
 _t = time.perf_counter()
 import sqlalchemy as sa  # noqa: E402
@@ -42,6 +42,7 @@ QUEUE_POLL_S = 0.01  # DBOS's default is 1 s; a short poll keeps the queue from 
 
 def configure(storage: str, journal: str) -> None:
     if journal == "wal":
+
         @sa.event.listens_for(sa.engine.Engine, "connect")
         def _wal(dbapi_conn, record):  # type: ignore[no-untyped-def]
             dbapi_conn.execute("PRAGMA journal_mode=WAL")
@@ -106,8 +107,9 @@ def main() -> None:
     p.add_argument("workload", choices=["chain", "fanout", "fib", "onestep"])
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--budget-s", type=float, default=float("inf"),
-                   help="stop repeating once the repeats so far took this long")
+    p.add_argument(
+        "--budget-s", type=float, default=float("inf"), help="stop repeating once the repeats so far took this long"
+    )
     p.add_argument("--storage", required=True)
     p.add_argument("--sqlite-journal", choices=["default", "wal"], default="default")
     p.add_argument("--sample-rss", action="store_true")
@@ -121,8 +123,14 @@ def main() -> None:
     DBOS.register_queue("fanout", polling_interval_sec=QUEUE_POLL_S)
     one_wf(0)  # warm-up (untimed)
 
-    result: dict = {"system": "dbos", "workload": a.workload, "n": a.n, "import_s": round(IMPORT_S, 4),
-                    "sqlite_journal": a.sqlite_journal, "queue_polling_interval_s": QUEUE_POLL_S}
+    result: dict = {
+        "system": "dbos",
+        "workload": a.workload,
+        "n": a.n,
+        "import_s": round(IMPORT_S, 4),
+        "sqlite_journal": a.sqlite_journal,
+        "queue_polling_interval_s": QUEUE_POLL_S,
+    }
     times = []
     if a.workload == "onestep":
         for _ in range(10):

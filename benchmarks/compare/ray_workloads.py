@@ -29,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _bench_util import RssSampler, fib_steps, fib_value, rusage_report, summarize, write_result  # noqa: E402
+from _bench_util import RssSampler, fib_steps, fib_value, rusage_report, summarize, write_result
 
 _t = time.perf_counter()
 import ray  # noqa: E402
@@ -81,8 +81,9 @@ def main() -> None:
     p.add_argument("workload", choices=["chain", "fanout", "fib", "onestep"])
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--budget-s", type=float, default=float("inf"),
-                   help="stop repeating once the repeats so far took this long")
+    p.add_argument(
+        "--budget-s", type=float, default=float("inf"), help="stop repeating once the repeats so far took this long"
+    )
     p.add_argument("--storage", required=True)
     p.add_argument("--sample-rss", action="store_true")
     p.add_argument("--out")
@@ -96,8 +97,14 @@ def main() -> None:
     init_s = time.perf_counter() - t
     assert workflow.run(inc.bind(0), workflow_id="warmup") == 1  # warm-up (untimed)
 
-    result: dict = {"system": "ray-workflows", "ray_version": ray.__version__, "workload": a.workload,
-                    "n": a.n, "import_s": round(IMPORT_S, 4), "ray_init_s": round(init_s, 4)}
+    result: dict = {
+        "system": "ray-workflows",
+        "ray_version": ray.__version__,
+        "workload": a.workload,
+        "n": a.n,
+        "import_s": round(IMPORT_S, 4),
+        "ray_init_s": round(init_s, 4),
+    }
     times = []
     if a.workload == "onestep":
         for i in range(10):

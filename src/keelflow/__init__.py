@@ -7,27 +7,19 @@
         return a + b
 
     assert add.step(1, add.step(2, 3)).run(workflow_id="sum") == 6
+
+The management API loads on first use, so ``import keelflow`` stays cheap, in your
+process and in every worker process that runs steps.
 """
 
 from __future__ import annotations
 
-import sys as _sys
+import importlib
+import sys
+from typing import TYPE_CHECKING, Any
 
-from .api import (
-    WorkflowStatus,
-    cancel,
-    delete,
-    get_metadata,
-    get_output,
-    get_output_async,
-    get_status,
-    init,
-    list_all,
-    resume,
-    resume_all,
-    resume_async,
-    shutdown,
-)
+__version__ = "0.1.0"
+
 from .errors import (
     ActorNotFoundError,
     CorruptCheckpointError,
@@ -45,11 +37,22 @@ from .errors import (
 from .objects import ObjectRef, get, put
 from .step import StepFunction, StepOptions, Workflow, step
 
-__version__ = "0.1.0"
-
-#: ``from keelflow import workflow`` gives this very module, so seed code ports by one line.
-workflow = _sys.modules[__name__]
-
+# The management API (and the engine behind it) loads on first use.
+_LAZY = {
+    "WorkflowStatus": "api",
+    "cancel": "api",
+    "delete": "api",
+    "get_metadata": "api",
+    "get_output": "api",
+    "get_output_async": "api",
+    "get_status": "api",
+    "init": "api",
+    "list_all": "api",
+    "resume": "api",
+    "resume_all": "api",
+    "resume_async": "api",
+    "shutdown": "api",
+}
 __all__ = [
     "ActorNotFoundError",
     "CorruptCheckpointError",
@@ -86,3 +89,36 @@ __all__ = [
     "step",
     "workflow",
 ]
+
+#: ``from keelflow import workflow`` gives this very module, so seed code ports by one line.
+workflow = sys.modules[__name__]
+
+if TYPE_CHECKING:
+    from .api import (
+        WorkflowStatus,
+        cancel,
+        delete,
+        get_metadata,
+        get_output,
+        get_output_async,
+        get_status,
+        init,
+        list_all,
+        resume,
+        resume_all,
+        resume_async,
+        shutdown,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'keelflow' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -48,7 +48,7 @@ def call_runner(runner: Runner, func: Any, payload: bytes) -> tuple[bytes | None
     """Run one task: ``(result, None)``, or ``(None, error)`` if the runner itself failed."""
     try:
         result = runner(func, payload)
-    except BaseException:
+    except BaseException:  # even SystemExit from a step must not take the worker down
         return None, "runner raised: " + traceback.format_exc()
     if not isinstance(result, bytes):
         if isinstance(result, (bytearray, memoryview)):

@@ -412,12 +412,13 @@ class ProcessExecutor(Executor):
                 for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
                     s.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
             fd = child_end.fileno()
-            code = (
-                f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
-                f"from keelflow.executors._worker import main; main({fd})"
-            )
+            # The worker gets this process's import path up front, so it can skip ``site``
+            # (-S): on machines with many .pth files that halves its start-up, and the path
+            # it would have computed is replaced by ours at the handshake anyway.
+            path = [_PACKAGE_ROOT, *(self._sys_path if self._sys_path is not None else sys.path)]
+            code = f"import sys; sys.path[:0] = {path!r}; from keelflow.executors._worker import main; main({fd})"
             flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]  # -O, -X, -W...
-            args = [sys.executable, *flags, "-c", code]
+            args = [sys.executable, "-S", *flags, "-c", code]
             proc = subprocess.Popen(args, pass_fds=(fd,), close_fds=True, stdin=subprocess.DEVNULL)
         except BaseException:
             parent_end.close()
