@@ -9,9 +9,9 @@ import time
 import weakref
 from typing import Any
 
+from keelflow.executors._capacity import Capacity, TaskQueue
 from keelflow.executors._worker import Runner, call_runner, prepare
 from keelflow.executors.base import Demand, Executor, Outcome, Task
-from keelflow.executors.local import Capacity, TaskQueue
 
 __all__ = ["ThreadExecutor"]
 
