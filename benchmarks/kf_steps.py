@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from _bench_util import burn
 
@@ -55,5 +56,13 @@ def inc_or_die(x: int) -> int:
 
 
 @workflow.step
-def burn_step(iterations: int) -> int:
-    return burn(iterations)
+def burn_step(iterations: int) -> float:
+    """Pure-Python CPU work; returns the CPU seconds it took (this thread's)."""
+    t = time.thread_time()
+    burn(iterations)
+    return time.thread_time() - t
+
+
+@workflow.step
+def total(xs: list[float]) -> float:
+    return float(sum(xs))

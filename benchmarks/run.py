@@ -527,13 +527,29 @@ def bench_cpu(r: Runner, steps: int, seconds: float) -> None:
     if all_cores is None or one_cpu is None:
         return
     speedup = one_cpu["total_s"] / all_cores["total_s"]
-    r.add(f"{name} init() all cores", all_cores, "", note=f"{os.cpu_count()} cores, {iters} iterations/step")
-    r.add(f"{name} init(num_cpus=1)", one_cpu, "")
+    r.add(
+        f"{name} init() all cores",
+        all_cores,
+        "",
+        note=f"{os.cpu_count()} cores; steps got {all_cores['step_cpu_s']:.2f} CPU s: "
+        f"parallelism {all_cores['parallelism']:.2f}",
+    )
+    r.add(
+        f"{name} init(num_cpus=1)",
+        one_cpu,
+        "",
+        note=f"steps got {one_cpu['step_cpu_s']:.2f} CPU s: parallelism {one_cpu['parallelism']:.2f}",
+    )
     r.add(
         f"{name} speed-up",
-        {"total_s": None, "speedup": round(speedup, 2)},
+        {
+            "total_s": None,
+            "speedup": round(speedup, 2),
+            "parallelism_ratio": round(all_cores["parallelism"] / one_cpu["parallelism"], 2),
+        },
         f"~{os.cpu_count()}x expected",
-        note=f"{speedup:.2f}x ({r.args.executor} executor)",
+        note=f"wall {speedup:.2f}x; parallelism {all_cores['parallelism'] / one_cpu['parallelism']:.2f}x "
+        f"({r.args.executor} executor)",
     )
     if r.args.executor == "local":
         saved, r.args.executor = r.args.executor, "thread"
@@ -546,7 +562,7 @@ def bench_cpu(r: Runner, steps: int, seconds: float) -> None:
                 f"{name} thread executor (for contrast)",
                 th,
                 "",
-                note=f"GIL-bound: {th['total_s'] / all_cores['total_s']:.2f}x the local executor's time",
+                note=f"GIL-bound: steps got {th['step_cpu_s']:.2f} CPU s: parallelism {th['parallelism']:.2f}",
             )
 
 

@@ -48,6 +48,7 @@ FORMAT_VERSION = 1
 VALUE_CODEC = "cloudpickle"
 
 _PROTOCOL = 5
+_ATOMIC = frozenset({int, float, str, bytes, bool, type(None), complex})
 # While decoding, placeholders are turned back into refs / node outputs by these callbacks.
 _RESOLVE: contextvars.ContextVar[tuple[Callable[[str], Any], Callable[[int], Any]] | None] = contextvars.ContextVar(
     "keelflow_resolve", default=None
@@ -102,6 +103,10 @@ def encode(
 
     ``what`` names the value in the error raised when it cannot be serialized.
     """
+    if type(value) in _ATOMIC:
+        # Nothing to cut out of a scalar: skip building a cloudpickle Pickler (the common
+        # output of small steps, and most of their serialization cost).
+        return pickle.dumps(value, _PROTOCOL)
     buf = io.BytesIO()
     try:
         _Pickler(buf, on_ref, on_node).dump(value)

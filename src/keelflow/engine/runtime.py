@@ -32,7 +32,7 @@ from ..errors import KeelflowError, SerializationError, WorkflowCancelledError, 
 from ..executors.base import Demand, Executor, Outcome, Task
 from ..objects import FutureRef, ObjectRef
 from ..storage import Lease, Storage
-from .dag import SubDag, flatten
+from .dag import FuncEntry, SubDag, flatten
 from .journal import Journal, wf_key, write_status
 from .state import ROOT, WorkflowState
 from .task import RUNNER, make_payload
@@ -84,6 +84,7 @@ class Runtime:
         self._inbox: collections.deque[Callable[[], None]] = collections.deque()
         self._stopped = False
         self._last_cancel_poll = 0.0
+        self._demands: dict[str, tuple[Demand, str | None]] = {}
         self._thread = threading.Thread(target=self._loop, name="keelflow-scheduler", daemon=True)
         self._thread.start()
 
@@ -267,13 +268,7 @@ class Runtime:
         state = run.state
         node = state.nodes[index]
         entry = state.funcs[node.func]
-        plain = entry.plain
-        demand = Demand(
-            float(plain.get("num_cpus", 1)),
-            float(plain.get("num_gpus", 0)),
-            tuple(sorted((plain.get("resources") or {}).items())),
-        )
-        problem = self.executor.check_demand(demand)
+        demand, problem = self._demand(entry)
         if problem is not None:
             self._fail(run, index, KeelflowError(f"step {node.name} cannot run: {problem}"), "", time.time())
             return
@@ -295,6 +290,19 @@ class Runtime:
         run.attempts[index] += 1
         self._tasks[task_id] = (run, index)
         self.executor.submit(Task(task_id, RUNNER, entry.key, entry.blob, payload, demand, node.name))
+
+    def _demand(self, entry: FuncEntry) -> tuple[Demand, str | None]:
+        """What a step function's steps hold while they run, and why that is impossible."""
+        cached = self._demands.get(entry.key)
+        if cached is None:
+            plain = entry.plain
+            demand = Demand(
+                float(plain.get("num_cpus", 1)),
+                float(plain.get("num_gpus", 0)),
+                tuple(sorted((plain.get("resources") or {}).items())),
+            )
+            cached = self._demands[entry.key] = (demand, self.executor.check_demand(demand))
+        return cached
 
     def _on_outcome(self, run: Run, index: int, outcome: Outcome) -> None:
         state = run.state
