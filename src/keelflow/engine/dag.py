@@ -123,17 +123,16 @@ def flatten(root: Workflow[Any], what: str = "the workflow") -> SubDag:
     i = 0
     while i < len(order):
         node = order[i]
-        deps: list[int] = []
+        deps: dict[int, None] = {}  # ordered, and O(1) membership for a wide gather
         refs: dict[str, ObjectRef[Any]] = {}
 
-        def on_node(child: Workflow[Any], deps: list[int] = deps) -> int:
+        def on_node(child: Workflow[Any], deps: dict[int, None] = deps) -> int:
             j = index.get(id(child))
             if j is None:
                 j = len(order)
                 index[id(child)] = j
                 order.append(child)
-            if j not in deps:
-                deps.append(j)
+            deps[j] = None
             return j
 
         def on_ref(ref: ObjectRef[Any], refs: dict[str, ObjectRef[Any]] = refs) -> str:
