@@ -8,9 +8,9 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable
 
-from .base import Demand, Task
+from .base import Demand, Executor, Outcome, Task
 
-__all__ = ["Capacity", "TaskQueue", "covers"]
+__all__ = ["Capacity", "QueuedExecutor", "TaskQueue", "covers"]
 
 _EPS = 1e-9
 
@@ -154,3 +154,35 @@ class TaskQueue:
             self.pop_head(task)
             if group:
                 heapq.heappush(heap, (group[0][0], key))
+
+
+class QueuedExecutor(Executor):
+    """What the local executors share: capacity checks and the FIFO-with-backfill queue.
+
+    Subclasses set ``_cap``, ``_queue``, ``_ready`` and ``_closed``, and implement ``_place``.
+    """
+
+    _cap: Capacity
+    _queue: TaskQueue
+    _ready: list[Outcome]
+    _closed: bool
+
+    def _place(self, seq: int, task: Task) -> bool:
+        """Start ``task`` if capacity allows; True if it was consumed."""
+        raise NotImplementedError
+
+    def check_demand(self, demand: Demand) -> str | None:
+        return self._cap.check(demand)
+
+    def submit(self, task: Task) -> None:
+        if self._closed:
+            raise RuntimeError("executor is shut down")
+        problem = self._cap.check(task.demand)
+        if problem is not None:
+            self._ready.append(Outcome(task.task_id, error=problem, not_started=True))
+            return
+        seq, heads_group = self._queue.push(task)
+        # Nothing was freed since the last dispatch, so only the new task can have become
+        # placeable, and only if no older task of its group is still waiting.
+        if heads_group and self._place(seq, task):
+            self._queue.pop_head(task)

@@ -21,8 +21,8 @@ import weakref
 from collections import deque
 from multiprocessing.connection import Connection
 
-from ._capacity import Capacity, TaskQueue, covers
-from .base import Demand, Executor, Outcome, Task
+from ._capacity import Capacity, QueuedExecutor, TaskQueue, covers
+from .base import Demand, Outcome, Task
 
 __all__ = ["ProcessExecutor"]
 
@@ -104,7 +104,7 @@ def _stop_workers(workers: dict[int, _Worker], wake: tuple[socket.socket, ...]) 
         s.close()
 
 
-class ProcessExecutor(Executor):
+class ProcessExecutor(QueuedExecutor):
     """Runs tasks in a lazily grown pool of worker processes, within declared resources."""
 
     name = "local"
@@ -137,22 +137,6 @@ class ProcessExecutor(Executor):
         self._by_fd: dict[int, _Worker] = {}
         self._closed = False
         self._finalizer = weakref.finalize(self, _stop_workers, self._workers, (self._wake_r, self._wake_w))
-
-    def check_demand(self, demand: Demand) -> str | None:
-        return self._cap.check(demand)
-
-    def submit(self, task: Task) -> None:
-        if self._closed:
-            raise RuntimeError("executor is shut down")
-        problem = self._cap.check(task.demand)
-        if problem is not None:
-            self._ready.append(Outcome(task.task_id, error=problem, not_started=True))
-            return
-        seq, heads_group = self._queue.push(task)
-        # Nothing was freed since the last dispatch, so only the new task can have become
-        # placeable, and only if no older task of its group is still waiting.
-        if heads_group and self._place(seq, task):
-            self._queue.pop_head(task)
 
     def wait(self, timeout: float | None) -> list[Outcome]:
         if self._closed:

@@ -9,9 +9,9 @@ import time
 import weakref
 from typing import Any
 
-from keelflow.executors._capacity import Capacity, TaskQueue
+from keelflow.executors._capacity import Capacity, QueuedExecutor, TaskQueue
 from keelflow.executors._worker import Runner, call_runner, prepare
-from keelflow.executors.base import Demand, Executor, Outcome, Task
+from keelflow.executors.base import Demand, Outcome, Task
 
 __all__ = ["ThreadExecutor"]
 
@@ -53,7 +53,7 @@ def _stop_threads(jobs: queue.SimpleQueue[Task | None], threads: list[threading.
     threads.clear()
 
 
-class ThreadExecutor(Executor):
+class ThreadExecutor(QueuedExecutor):
     """Runs tasks on a lazily grown set of daemon threads, within declared resources.
 
     ``sys_path`` and ``env`` are accepted for signature compatibility and ignored.
@@ -81,20 +81,6 @@ class ThreadExecutor(Executor):
         self._closed = False
         # Threads are daemons (a hung step must not block exit); this just lets idle ones end.
         self._finalizer = weakref.finalize(self, _stop_threads, self._jobs, self._threads)
-
-    def check_demand(self, demand: Demand) -> str | None:
-        return self._cap.check(demand)
-
-    def submit(self, task: Task) -> None:
-        if self._closed:
-            raise RuntimeError("executor is shut down")
-        problem = self._cap.check(task.demand)
-        if problem is not None:
-            self._ready.append(Outcome(task.task_id, error=problem, not_started=True))
-            return
-        seq, heads_group = self._queue.push(task)
-        if heads_group and self._place(seq, task):
-            self._queue.pop_head(task)
 
     def wait(self, timeout: float | None) -> list[Outcome]:
         if self._closed:

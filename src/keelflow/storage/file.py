@@ -136,43 +136,47 @@ class FileStorage(Storage):
         except OSError as e:
             raise self._error("read", path, e) from e
 
+    def _write_temp(self, directory: str, data: bytes, durable: bool) -> str:
+        """A new temporary file in ``directory`` holding ``data`` (flushed if ``durable``)."""
+        self._ensure_dir(directory)
+        tmp = os.path.join(directory, _TMP + uuid.uuid4().hex)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_all(fd, data)
+            if durable:
+                os.fdatasync(fd)
+        except BaseException:
+            os.close(fd)
+            _silent_unlink(tmp)
+            raise
+        os.close(fd)
+        return tmp
+
     def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         path = self._path(key)
         directory = os.path.dirname(path)
-        tmp = os.path.join(directory, _TMP + uuid.uuid4().hex)
         try:
-            self._ensure_dir(directory)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                _write_all(fd, data)
-                if durable:
-                    os.fdatasync(fd)
-            finally:
-                os.close(fd)
+            tmp = self._write_temp(directory, data, durable)
             with self._lock:
                 # A replaced journal must not keep receiving appends through a stale fd.
                 stale = self._append_fds.pop(key, None)
             if stale is not None:
                 os.close(stale)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                _silent_unlink(tmp)
+                raise
             if durable:
                 self._sync_dirs(directory)
         except OSError as e:
-            _silent_unlink(tmp)
             raise self._error("write", path, e) from e
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         path = self._path(key)
         directory = os.path.dirname(path)
-        tmp = os.path.join(directory, _TMP + uuid.uuid4().hex)
         try:
-            self._ensure_dir(directory)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                _write_all(fd, data)
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
+            tmp = self._write_temp(directory, data, durable=True)
             try:
                 # link() refuses an existing name: an atomic create of a complete file.
                 os.link(tmp, path)
@@ -183,7 +187,6 @@ class FileStorage(Storage):
             self._sync_dirs(directory)
             return True
         except OSError as e:
-            _silent_unlink(tmp)
             raise self._error("write", path, e) from e
 
     def append(self, key: str, data: bytes) -> None:
