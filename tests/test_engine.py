@@ -188,3 +188,34 @@ def test_step_failure_and_retry_are_logged_with_ids(kf, caplog):
     assert any("retrying" in m for m in messages)
     assert any("failed" in m and "KeyError" in m for m in messages)
     assert all(getattr(r, "step_name", "x") for r in records)
+
+
+@workflow.step
+def count_into(path, value):
+    with open(path, "a") as f:
+        f.write("x\n")
+    return value * 2
+
+
+def test_concurrent_runs_of_one_id_start_it_once(kf, tmp_path):
+    import threading
+
+    log = str(tmp_path / "runs.log")
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def go() -> None:
+        try:
+            results.append(count_into.step(log, 21).run(workflow_id="once"))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=go) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert results == [42] * 8
+    with open(log) as f:
+        assert f.read().count("x") == 1

@@ -275,7 +275,13 @@ def _wait_elsewhere(rt: Runtime, workflow_id: str, name: str | None = None) -> A
     """Wait for a workflow owned by another process, by polling storage."""
     delay = 0.01
     while True:
-        status = _status(rt, workflow_id)
+        try:
+            status = _status(rt, workflow_id)
+        except WorkflowNotFoundError:
+            # Its owner holds the lease but has not written the first record yet.
+            if not rt.storage.lease_held(lease_key(workflow_id)):
+                raise
+            status = WorkflowStatus.RUNNING
         if status != WorkflowStatus.RUNNING:
             return _output(rt, workflow_id, name, status)
         if name is not None:
