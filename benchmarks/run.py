@@ -901,7 +901,10 @@ def main() -> None:
     args = p.parse_args()
     if args.wait_idle is None:
         args.wait_idle = 0.0 if args.quick else 15.0
-    args.only = [o.strip() for o in args.only.split(",")] if args.only else None
+    args.only = [o.strip() for o in args.only.split(",") if o.strip()] if args.only else None
+    for o in args.only or []:
+        if o not in GROUPS and o.split("-", 1)[0] not in GROUPS:
+            p.error(f"--only {o!r}: not a group ({', '.join(GROUPS)}) nor a row name such as chain-10000")
 
     if args.setup_only:
         from compare import venvs
