@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from .engine.journal import Journal, check_format, read_status, wf_key, write_status
+from .engine.journal import Journal, check_format, read_status, write_status
 from .engine.runtime import (
     Runtime,
     cancel_key,
@@ -531,7 +531,7 @@ def delete(workflow_id: str) -> None:
     if lease is None:
         raise WorkflowRunningError(f"workflow {wid!r} is running in a live process; cancel it first", workflow_id=wid)
     try:
-        if rt.storage.get(wf_key(wid, "journal")) is None:
+        if not Journal(rt.storage, wid).exists():
             raise WorkflowNotFoundError(workflow_id=wid)
         rt.storage.delete_prefix(f"workflows/{wid}")
         rt.storage.delete_prefix(cancel_key(wid))

@@ -4,6 +4,8 @@ Layout under the storage root::
 
     keelflow.json                      format marker: {"format": N}
     workflows/<id>/journal             append-only framed records (the source of truth)
+    workflows/<id>/journal.d/<n>       the same, one object per append, where storage cannot
+                                       append (object stores)
     workflows/<id>/status              small JSON index (status, times, user metadata);
                                        written without flushing, rebuilt from the journal
     workflows/<id>/lease               held by the live owner
@@ -22,7 +24,7 @@ import uuid
 from typing import Any
 
 from .. import serialization
-from ..errors import CorruptCheckpointError, StorageFormatError
+from ..errors import CorruptCheckpointError, StorageError, StorageFormatError
 from ..storage import Storage
 
 __all__ = ["BLOB_THRESHOLD", "Journal", "check_format", "read_status", "write_status"]
@@ -59,58 +61,104 @@ def check_format(storage: Storage) -> None:
 
 
 class Journal:
-    """The append-only record log of one workflow."""
+    """The append-only record log of one workflow.
+
+    On a backend that can append (files, memory) the journal is one object and each append
+    is one flush. On one that cannot (object stores), each append is a new numbered segment
+    written with put-if-absent, which also fences off a second writer: two runners can never
+    both write segment N.
+    """
 
     def __init__(self, storage: Storage, workflow_id: str) -> None:
         self.storage = storage
         self.workflow_id = workflow_id
-        self.key = wf_key(workflow_id, "journal")
+        self.segmented = not storage.can_append
+        self.key = wf_key(workflow_id, "journal.d" if self.segmented else "journal")
+        self._next_segment: int | None = None
 
     @property
     def path(self) -> str:
         return self.storage.location(self.key)
 
     def exists(self) -> bool:
+        if self.segmented:
+            return bool(self.storage.children(self.key))
         return self.storage.get(self.key) is not None
 
     def append(self, records: list[tuple[Any, ...]]) -> None:
         data = b"".join(serialization.frame(serialization.dump_record(r)) for r in records)
-        self.storage.append(self.key, data)
+        if not self.segmented:
+            self.storage.append(self.key, data)
+            return
+        if self._next_segment is None:
+            segments = self._segments()
+            self._next_segment = segments[-1][0] + 1 if segments else 0
+        name = f"{self.key}/{self._next_segment:012d}"
+        if not self.storage.put_if_absent(name, data):
+            raise StorageError(
+                f"journal segment {self.storage.location(name)} of workflow {self.workflow_id!r} was written "
+                "by another process: two runners own this workflow",
+                path=self.storage.location(name),
+            )
+        self._next_segment += 1
+
+    def _segments(self) -> list[tuple[int, str]]:
+        found = []
+        for name in self.storage.children(self.key):
+            if name.isdigit():
+                found.append((int(name), f"{self.key}/{name}"))
+        return sorted(found)
+
+    def _chunks(self) -> list[tuple[str, bytes, bool]]:
+        """``(location, bytes, may_be_torn)`` in order."""
+        if not self.segmented:
+            data = self.storage.get(self.key)
+            return [] if data is None else [(self.path, data, True)]
+        chunks = []
+        segments = self._segments()
+        for _seq, key in segments:
+            data = self.storage.get(key)
+            if data is not None:
+                chunks.append((self.storage.location(key), data, False))  # puts are atomic: never torn
+        self._next_segment = segments[-1][0] + 1 if segments else 0
+        return chunks
 
     def read(self, *, repair: bool = False, strict: bool = True) -> list[tuple[Any, ...]]:
         """All whole records. A torn tail (a crash mid-append) is dropped, and with ``repair``
         cut off so later appends follow the last whole record. Damage before the tail raises
         :class:`CorruptCheckpointError`, or with ``strict=False`` ends the list there."""
-        data = self.storage.get(self.key)
-        if data is None:
-            return []
-        payloads, end = serialization.scan_frames(data)
-        records = []
-        for i, payload in enumerate(payloads):
-            try:
-                records.append(serialization.load_record(payload))
-            except Exception as e:
-                if strict:
-                    raise CorruptCheckpointError(
-                        f"journal record #{i} of workflow {self.workflow_id!r} at {self.path} is unreadable: {e}",
-                        path=self.path,
-                    ) from e
-                return records
-        if end < len(data):
-            if serialization.tail_is_torn(data, end):
+        records: list[tuple[Any, ...]] = []
+        for location, data, may_be_torn in self._chunks():
+            payloads, end = serialization.scan_frames(data)
+            for payload in payloads:
+                try:
+                    records.append(serialization.load_record(payload))
+                except Exception as e:
+                    if strict:
+                        raise CorruptCheckpointError(
+                            f"journal record #{len(records)} of workflow {self.workflow_id!r} at {location} "
+                            f"is unreadable: {e}",
+                            path=location,
+                        ) from e
+                    return records
+            if end == len(data):
+                continue
+            if may_be_torn and serialization.tail_is_torn(data, end):
                 log.warning(
                     "journal %s ends with a partly written record (%d bytes, a crash mid-write); ignoring it",
-                    self.path,
+                    location,
                     len(data) - end,
                 )
                 if repair:
                     self.storage.put(self.key, data[:end])
-            elif strict:
+                break
+            if strict:
                 raise CorruptCheckpointError(
-                    f"journal of workflow {self.workflow_id!r} at {self.path} is damaged at byte {end} "
+                    f"journal of workflow {self.workflow_id!r} at {location} is damaged at byte {end} "
                     f"(checksum mismatch); {len(records)} records before it are intact",
-                    path=self.path,
+                    path=location,
                 )
+            return records
         if records:
             header = records[0][1] if records[0][0] == "start" else {}
             fmt = header.get("format", 0)
