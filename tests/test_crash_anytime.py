@@ -108,6 +108,22 @@ def test_kill_at_random_instants_then_resume(tmp_path, executor):
         sys.path.remove(str(tmp_path))
     rng = random.Random(f"anytime-{executor}")
     env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(TESTS.parent / "src"), str(TESTS)])}
+    # How long an uninterrupted run lasts after its first step, so the kills land inside runs.
+    cal_log = str(tmp_path / "cal.log")
+    cal = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(tmp_path / "calibration"), executor],
+        env={**os.environ, **env, "KF_LOG": cal_log},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not os.path.exists(cal_log) and cal.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    clock = time.monotonic()
+    out, _ = cal.communicate(timeout=120)
+    span = time.monotonic() - clock
+    assert f"OUT {anytime_steps.EXPECTED}" in out
     killed_mid_run = 0
     for trial in range(6):
         storage = str(tmp_path / f"s{trial}")
@@ -124,7 +140,7 @@ def test_kill_at_random_instants_then_resume(tmp_path, executor):
             deadline = time.monotonic() + 60
             while not os.path.exists(log) and driver.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.002)
-            time.sleep(rng.uniform(0.0, 0.25))
+            time.sleep(rng.uniform(0.0, 0.8 * span))
             if driver.poll() is None:
                 killed_mid_run += 1
                 os.kill(driver.pid, signal.SIGKILL)
