@@ -29,7 +29,7 @@ print("OUT", build().run(workflow_id="w"), flush=True)
 RESUME = """
 import sys
 import keelflow as workflow
-from keelflow.api import load
+from keelflow.engine.results import load
 from keelflow.storage import open_storage
 workflow.init(sys.argv[1], executor=sys.argv[2])
 loaded = load(open_storage(sys.argv[1]), "w", strict=False)

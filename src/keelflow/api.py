@@ -13,15 +13,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from .engine.journal import Journal, check_format, read_status, write_status
-from .engine.runtime import (
-    Runtime,
-    cancel_key,
-    execution_error,
-    lease_key,
-    new_workflow_id,
-    output_value,
-    owner_info,
-)
+from .engine.results import execution_error, load, output_value, require, resolved_node, step_value
+from .engine.runtime import Runtime, cancel_key, lease_key, new_workflow_id, owner_info
 from .engine.state import ROOT, WorkflowState
 from .errors import (
     InvalidIdError,
@@ -217,27 +210,6 @@ def validate_id(workflow_id: Any, what: str = "workflow id") -> str:
     return workflow_id
 
 
-def load(
-    storage: Storage, workflow_id: str, *, repair: bool = False, strict: bool = True
-) -> tuple[WorkflowState, Journal, list[tuple[Any, ...]]] | None:
-    """Replay a workflow's journal; ``None`` if it does not exist."""
-    journal = Journal(storage, workflow_id)
-    records = journal.read(repair=repair, strict=strict)
-    if not records:
-        return None
-    state = WorkflowState(workflow_id)
-    for record in records:
-        state.apply(record)
-    return state, journal, records
-
-
-def _require(storage: Storage, workflow_id: str) -> tuple[WorkflowState, Journal, list[tuple[Any, ...]]]:
-    loaded = load(storage, workflow_id)
-    if loaded is None:
-        raise WorkflowNotFoundError(workflow_id=workflow_id)
-    return loaded
-
-
 # -- running ------------------------------------------------------------------------------------
 def run_workflow(root: Workflow[Any], workflow_id: str | None, metadata: dict[str, Any] | None) -> FutureRef[Any]:
     """Start ``root`` as workflow ``workflow_id`` (or attach to it if it already exists)."""
@@ -289,8 +261,8 @@ def _wait_elsewhere(rt: Runtime, workflow_id: str, name: str | None = None) -> A
             if loaded is not None and name in loaded[0].names:
                 state, journal, records = loaded
                 index = state.names[name]
-                if _resolved(state, index) is not None:
-                    return _step_value(state, journal, records, index)
+                if resolved_node(state, index) is not None:
+                    return step_value(state, journal, records, index)
         time.sleep(delay)
         delay = min(delay * 1.5, 0.5)
 
@@ -419,9 +391,9 @@ def _wait_running(rt: Runtime, wid: str, name: str | None) -> Any:
     while True:
         state = run.state
         index = state.names.get(name) if name is not None else None
-        if index is not None and _resolved(state, index) is not None:
-            loaded = _require(rt.storage, wid)
-            return _step_value(*loaded, loaded[0].names[name])  # type: ignore[index]
+        if index is not None and resolved_node(state, index) is not None:
+            loaded = require(rt.storage, wid)
+            return step_value(*loaded, loaded[0].names[name])  # type: ignore[index]
         if run.future.done():
             return _output(rt, wid, name, _status(rt, wid))
         time.sleep(delay)
@@ -429,13 +401,13 @@ def _wait_running(rt: Runtime, wid: str, name: str | None) -> Any:
 
 
 def _output(rt: Runtime, wid: str, name: str | None, status: WorkflowStatus) -> Any:
-    state, journal, records = _require(rt.storage, wid)
+    state, journal, records = require(rt.storage, wid)
     if name is not None:
         index = state.names.get(name)
         if index is None:
             raise StepNotFoundError(workflow_id=wid, step_name=name)
-        if _resolved(state, index) is not None:
-            return _step_value(state, journal, records, index)
+        if resolved_node(state, index) is not None:
+            return step_value(state, journal, records, index)
         if state.failed == index:
             raise execution_error(state)
         raise KeelflowError(
@@ -450,27 +422,6 @@ def _output(rt: Runtime, wid: str, name: str | None, status: WorkflowStatus) -> 
     raise KeelflowError(
         f"workflow {wid!r} is {status.value} and has no output yet; call workflow.resume({wid!r})", workflow_id=wid
     )
-
-
-def _resolved(state: WorkflowState, index: int) -> int | None:
-    """The node whose ``done`` record holds ``index``'s output (following continuations)."""
-    node = state.nodes[index]
-    if not node.done:
-        return None
-    while node.continued is not None:
-        index = node.continued
-        node = state.nodes[index]
-    return index
-
-
-def _step_value(state: WorkflowState, journal: Journal, records: list[tuple[Any, ...]], index: int) -> Any:
-    target = _resolved(state, index)
-    if state.nodes[index].output is None:
-        for record in records:
-            if record[0] == "done" and record[1] == target:
-                state.nodes[index].output = record[2]
-                break
-    return output_value(state, journal, index)
 
 
 # -- listing, cancel, delete, metadata -----------------------------------------------------------
@@ -510,7 +461,7 @@ def cancel(workflow_id: str) -> None:
         rt.storage.put(cancel_key(wid), owner_info())
         return
     try:
-        state, journal, _ = _require(rt.storage, wid)
+        state, journal, _ = require(rt.storage, wid)
         if state.finished or state.cancelled:
             return
         journal.append([("cancel", time.time())])
@@ -547,7 +498,7 @@ def get_metadata(workflow_id: str, name: str | None = None) -> dict[str, Any]:
     if run is not None:
         state = run.state
     else:
-        state = _require(rt.storage, wid)[0]
+        state = require(rt.storage, wid)[0]
     if name is None:
         status = _status(rt, wid)
         info = read_status(rt.storage, wid) or {}

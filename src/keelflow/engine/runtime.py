@@ -28,13 +28,13 @@ from typing import Any
 import cloudpickle
 
 from .. import serialization
-from ..errors import KeelflowError, SerializationError, WorkflowCancelledError, WorkflowExecutionError
+from ..errors import KeelflowError, WorkflowCancelledError
 from ..executors.base import Demand, Executor, Outcome, Task
-from ..objects import FutureRef, ObjectRef
 from ..storage import Lease, Storage
 from .dag import FuncEntry, SubDag, flatten
 from .journal import Journal, wf_key, write_status
-from .state import ROOT, WorkflowState
+from .results import execution_error, output_value
+from .state import WorkflowState
 from .task import RUNNER, make_payload
 
 __all__ = ["Run", "Runtime"]
@@ -439,47 +439,6 @@ class Runtime:
                 log.info("workflow %s cancelled from another process", workflow_id)
                 self._cancel(run)
                 self.storage.delete_prefix(f"{CANCELS}/{workflow_id}")
-
-
-# -- reading results ------------------------------------------------------------------------------
-def make_ref_resolver(state: WorkflowState, journal: Journal) -> Callable[[str], ObjectRef[Any]]:
-    """Refs to a workflow's stored objects, loaded from storage only when read."""
-    built: dict[str, ObjectRef[Any]] = {}
-
-    def resolve(ref_id: str) -> ObjectRef[Any]:
-        ref = built.get(ref_id)
-        if ref is None:
-            data, nested = state.objects[ref_id]
-            ref = ObjectRef(ref_id, journal.load(data), {n: resolve(n) for n in nested})
-            built[ref_id] = ref
-        return ref
-
-    return resolve
-
-
-def output_value(state: WorkflowState, journal: Journal, index: int = ROOT, *, resolve_top: bool = True) -> Any:
-    node = state.nodes[index]
-    data = journal.load(node.output)
-    value = serialization.decode(
-        data, what=f"the output of step {node.name}", resolve_ref=make_ref_resolver(state, journal)
-    )
-    if resolve_top and isinstance(value, ObjectRef) and not isinstance(value, FutureRef):
-        value = value._get()
-    return value
-
-
-def execution_error(state: WorkflowState) -> WorkflowExecutionError:
-    assert state.failed is not None
-    node = state.nodes[state.failed]
-    blob, tb = node.error or (b"", "")
-    try:
-        cause = serialization.decode(blob, what=f"the error of step {node.name}")
-    except SerializationError as e:
-        cause = e
-    message = f"workflow {state.workflow_id!r} failed in step {node.name}: {type(cause).__name__}: {cause}"
-    err = WorkflowExecutionError(message, workflow_id=state.workflow_id, step_name=node.name, traceback=tb)
-    err.__cause__ = cause
-    return err
 
 
 def _status_info(state: WorkflowState, status: str, ended: bool = False) -> dict[str, Any]:
