@@ -219,3 +219,30 @@ def test_concurrent_runs_of_one_id_start_it_once(kf, tmp_path):
     assert results == [42] * 8
     with open(log) as f:
         assert f.read().count("x") == 1
+
+
+@workflow.step
+def inner_times_ten(x):
+    return x * 10
+
+
+@workflow.step
+def starts_a_workflow(x):
+    # A separate workflow started from inside a step, with a deterministic id (the pattern
+    # for long-running work that must not be started twice).
+    return inner_times_ten.step(x).run(workflow_id=f"inner-{x}")
+
+
+def test_a_step_can_start_a_separate_workflow(kf):
+    assert starts_a_workflow.step(4).run(workflow_id="outer") == 40
+    assert dict(kf.list_all()) == {
+        "inner-4": kf.WorkflowStatus.SUCCESSFUL,
+        "outer": kf.WorkflowStatus.SUCCESSFUL,
+    }
+
+
+def test_memory_storage_with_a_local_executor_refuses_api_calls_inside_steps_clearly():
+    workflow.init("memory://", executor="local")
+    with pytest.raises(workflow.WorkflowExecutionError) as info:
+        starts_a_workflow.options(max_retries=0).step(1).run()
+    assert "lives only in the parent process" in str(info.value.__cause__)
