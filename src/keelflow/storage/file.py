@@ -25,6 +25,8 @@ from .base import Lease, Storage
 __all__ = ["FileStorage"]
 
 _TMP = ".tmp-"
+# fdatasync skips flushing metadata the data does not need; macOS has only fsync.
+_datasync = getattr(os, "fdatasync", os.fsync)
 
 
 def _fsync_dir(path: str) -> None:
@@ -144,7 +146,7 @@ class FileStorage(Storage):
         try:
             _write_all(fd, data)
             if durable:
-                os.fdatasync(fd)
+                _datasync(fd)
         except BaseException:
             os.close(fd)
             _silent_unlink(tmp)
@@ -198,7 +200,7 @@ class FileStorage(Storage):
             if fd is None:
                 fd, created = self._open_append(key, path)
             _write_all(fd, data)
-            os.fdatasync(fd)
+            _datasync(fd)
             if created:
                 self._sync_dirs(os.path.dirname(path))
         except OSError as e:
