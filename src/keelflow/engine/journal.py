@@ -181,7 +181,9 @@ class Journal:
 
     def load(self, value: Any) -> bytes:
         """The bytes behind what :meth:`spill` returned."""
-        if isinstance(value, (bytes, bytearray, memoryview)):
+        if isinstance(value, bytes):
+            return value
+        if isinstance(value, (bytearray, memoryview)):
             return bytes(value)
         key = value[1]
         raw = self.storage.get(key)

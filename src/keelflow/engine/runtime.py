@@ -310,8 +310,10 @@ class Runtime:
         plain = state.funcs[node.func].plain
         attempts = run.attempts[index]
         if outcome.result is None:
+            # A system failure (the worker died, or never started): retried like an error.
+            # Demands that can never be met were refused before submitting.
             error = KeelflowError(f"step {node.name} did not finish: {outcome.error}")
-            if not outcome.not_started and attempts <= plain.get("max_retries", 3):
+            if attempts <= plain.get("max_retries", 3):
                 log.warning(
                     "retrying step %s of workflow %s: %s",
                     node.name,
