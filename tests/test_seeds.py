@@ -3,8 +3,8 @@
 (``from keelflow import workflow``), ``ray.get``/``ray.put`` -> ``workflow.get``/``workflow.put``,
 and only the seeds' own typos fixed. Each test is named after its seed example.
 
-Seeds: /work/shared/seeds/workflows-overview.rst ("overview") and
-book-chapter-ray-workflows.zh.md (examples 8-N). Events and virtual actors are tested elsewhere.
+Seeds: the design documents' workflows-overview.rst ("overview") and the Ray Workflows book
+chapter (examples 8-N). Events and virtual actors are tested elsewhere.
 
 Steps defined inside the tests are closures (pickled by value); the ``seedsteps`` variants are
 pickled by reference.
