@@ -246,3 +246,32 @@ def test_memory_storage_with_a_local_executor_refuses_api_calls_inside_steps_cle
     with pytest.raises(workflow.WorkflowExecutionError) as info:
         starts_a_workflow.options(max_retries=0).step(1).run()
     assert "lives only in the parent process" in str(info.value.__cause__)
+
+
+@workflow.step
+def big_object():
+    return workflow.put(b"x" * (3 << 20))  # above the inline limit: stored as a blob
+
+
+@workflow.step
+def size_of(ref):
+    return len(workflow.get(ref))
+
+
+def test_a_large_object_is_stored_once_and_read_once_for_many_steps(storage):
+    counting = CountingStorage(FileStorage(storage))
+    gets: list[str] = []
+    inner_get = counting.get
+
+    def get(key):
+        if "/blobs/" in key:
+            gets.append(key)
+        return inner_get(key)
+
+    counting.get = get  # type: ignore[method-assign]
+    workflow.init(counting, executor="thread")
+    ref = big_object.step()
+    assert total.step([size_of.step(ref) for _ in range(8)]).run(workflow_id="big") == 8 * (3 << 20)
+    blobs = os.listdir(os.path.join(storage, "workflows", "big", "blobs"))
+    assert len(blobs) == 1
+    assert len(gets) == 1

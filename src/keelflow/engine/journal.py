@@ -18,6 +18,7 @@ share one append.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import uuid
@@ -33,6 +34,8 @@ log = logging.getLogger("keelflow")
 
 #: Values larger than this go to a blob of their own instead of inline in the journal.
 BLOB_THRESHOLD = 1 << 20
+#: How many bytes of large values a running workflow keeps in memory once read.
+BLOB_CACHE_BYTES = 256 << 20
 FORMAT_KEY = "keelflow.json"
 
 
@@ -75,6 +78,8 @@ class Journal:
         self.segmented = not storage.can_append
         self.key = wf_key(workflow_id, "journal.d" if self.segmented else "journal")
         self._next_segment: int | None = None
+        self._blobs: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._blob_bytes = 0
 
     @property
     def path(self) -> str:
@@ -186,6 +191,10 @@ class Journal:
         if isinstance(value, (bytearray, memoryview)):
             return bytes(value)
         key = value[1]
+        cached = self._blobs.get(key)
+        if cached is not None:
+            self._blobs.move_to_end(key)
+            return cached
         raw = self.storage.get(key)
         path = self.storage.location(key)
         if raw is None:
@@ -193,7 +202,14 @@ class Journal:
         payloads, end = serialization.scan_frames(raw)
         if len(payloads) != 1 or end != len(raw):
             raise CorruptCheckpointError(f"stored value {path} is truncated or damaged", path=path)
-        return bytes(payloads[0])
+        data = bytes(payloads[0])
+        # A large object handed to many steps is read once, not once per step.
+        self._blobs[key] = data
+        self._blob_bytes += len(data)
+        while self._blob_bytes > BLOB_CACHE_BYTES and len(self._blobs) > 1:
+            _, dropped = self._blobs.popitem(last=False)
+            self._blob_bytes -= len(dropped)
+        return data
 
 
 def write_status(storage: Storage, workflow_id: str, info: dict[str, Any]) -> None:
