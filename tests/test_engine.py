@@ -275,3 +275,38 @@ def test_a_large_object_is_stored_once_and_read_once_for_many_steps(storage):
     blobs = os.listdir(os.path.join(storage, "workflows", "big", "blobs"))
     assert len(blobs) == 1
     assert len(gets) == 1
+
+
+@workflow.step(max_retries=0)
+def explode(x):
+    raise ValueError(f"bad input {x}")
+
+
+@workflow.step
+def deeper(x, fail):
+    # A continuation inside the continuation: the failure is two levels down.
+    return explode.step(x) if fail else inc.step(x)
+
+
+@workflow.step
+def plan(x, fail):
+    return inc.step(deeper.step(x, fail))
+
+
+@workflow.step
+def describe(outcome):
+    value, error = outcome
+    return f"error: {error}" if error is not None else f"value: {value}"
+
+
+def test_catch_exceptions_covers_the_sub_workflow_a_step_returns(kf):
+    caught_plan = plan.options(catch_exceptions=True)
+    assert describe.step(caught_plan.step(1, False)).run(workflow_id="ok") == "value: 3"
+    assert describe.step(caught_plan.step(1, True)).run(workflow_id="bad") == "error: bad input 1"
+    assert kf.get_status("bad") == kf.WorkflowStatus.SUCCESSFUL
+    value, error = kf.get_output("bad", name=f"{__name__}.plan")
+    assert value is None and isinstance(error, ValueError)
+    with pytest.raises(workflow.WorkflowExecutionError) as info:
+        plan.step(1, True).run(workflow_id="uncaught")
+    assert isinstance(info.value.__cause__, ValueError)
+    assert kf.get_status("uncaught") == kf.WorkflowStatus.FAILED

@@ -35,7 +35,7 @@ from .dag import FuncEntry, SubDag, flatten
 from .journal import Journal, wf_key, write_status
 from .results import execution_error, output_value
 from .state import WorkflowState
-from .task import RUNNER, make_payload
+from .task import CATCHER, RUNNER, make_payload
 
 __all__ = ["Run", "Runtime"]
 
@@ -364,9 +364,25 @@ class Runtime:
     def _fail(self, run: Run, index: int, error: Any, tb: str, end: float, start: float | None = None) -> None:
         exc_blob = error if isinstance(error, bytes) else cloudpickle.dumps(error)
         begin = start if start is not None else run.started.pop(index, end)
+        last = tb.strip().splitlines()[-1] if tb.strip() else str(error)
+        catcher = _enclosing_catcher(run.state, index)
+        if catcher is not None:
+            # Inside the sub-workflow of a catch_exceptions step: that step's output becomes
+            # (None, exception) — unless an earlier failure there was caught already — and the
+            # workflow goes on.
+            if not run.state.nodes[catcher].done and not any(r[1] == catcher for r in run.records):
+                caught = cloudpickle.dumps((None, serialization.decode(exc_blob, what="a step's error")))
+                run.records.append(("done", catcher, run.journal.spill(caught), (), {}, (begin, end, 1)))
+            log.warning(
+                "step %s of workflow %s failed, caught by its enclosing step: %s",
+                run.state.step_name(index),
+                run.workflow_id,
+                last,
+                extra={"workflow_id": run.workflow_id, "step_name": run.state.step_name(index)},
+            )
+            return
         run.records.append(("fail", index, exc_blob, tb, (begin, end, run.attempts[index])))
         run.failing = True
-        last = tb.strip().splitlines()[-1] if tb.strip() else str(error)
         log.error(
             "step %s of workflow %s failed: %s",
             run.state.step_name(index),
@@ -441,6 +457,19 @@ class Runtime:
                 log.info("workflow %s cancelled from another process", workflow_id)
                 self._cancel(run)
                 self.storage.delete_prefix(f"{CANCELS}/{workflow_id}")
+
+
+def _enclosing_catcher(state: WorkflowState, index: int) -> int | None:
+    """The catcher closing the nearest caught continuation that ``index`` belongs to."""
+    current = index
+    while True:
+        root = state.nodes[current].base  # a batch's first node is its root
+        if root != current and state.funcs[state.nodes[root].func].plain.get("name") == CATCHER:
+            return root
+        parent = state.nodes[root].alias_of
+        if parent is None:
+            return None
+        current = parent
 
 
 def _status_info(state: WorkflowState, status: str, ended: bool = False) -> dict[str, Any]:

@@ -19,12 +19,14 @@ import cloudpickle
 from .. import serialization
 from ..errors import KeelflowError, SerializationError
 from ..objects import ObjectRef, current_workflow
-from ..step import StepFunction, Workflow
+from ..step import StepFunction, Workflow, step
 from .dag import collect_refs, flatten
 
 __all__ = ["make_payload", "run_task"]
 
 RUNNER = "keelflow.engine.task:run_task"
+#: The step that closes a caught continuation; the engine finds it by this name.
+CATCHER = "keelflow.catch"
 
 
 def make_payload(
@@ -66,6 +68,12 @@ def _portable(exc: BaseException) -> BaseException:
         return KeelflowError(f"{type(exc).__qualname__}: {exc}")
 
 
+@step(name=CATCHER)
+def catch_continuation(result: Any) -> tuple[Any, None]:
+    """Ends the sub-workflow of a ``catch_exceptions`` step: a success becomes ``(result, None)``."""
+    return (result, None)
+
+
 def run_task(func: StepFunction[Any], payload: bytes) -> bytes:
     """Run one attempt of a step and encode its outcome as a record."""
     workflow_id, step_name, args_data, deps, objects = serialization.load_record(payload)
@@ -90,6 +98,10 @@ def run_task(func: StepFunction[Any], payload: bytes) -> bytes:
         # an object. Only a workflow's final output is resolved to its value.
         result = func._func(*args, **kwargs)
         if isinstance(result, Workflow):
+            if opts.catch_exceptions:
+                # The step's output is its sub-workflow's, so that is what gets caught: the
+                # catcher wraps a success, and the engine routes a failure inside to it.
+                result = catch_continuation.step(result)
             dag = flatten(result, what=f"the continuation of step {step_name}")
             return serialization.dump_record(("cont", dag.to_record(), start, time.time()))
         if opts.catch_exceptions:
