@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from .engine.journal import Journal, check_format, read_status, write_status
+from .engine.journal import Journal, check_format, read_status, update_status
 from .engine.results import execution_error, load, output_value, require, resolved_node, step_value
 from .engine.runtime import Runtime, cancel_key, lease_key, new_workflow_id, owner_info
 from .engine.state import ROOT, WorkflowState
@@ -284,13 +284,12 @@ def resume_async(workflow_id: str) -> FutureRef[Any]:
             raise WorkflowNotFoundError(workflow_id=wid)
         state, journal, _ = loaded
         if rt.storage.get(cancel_key(wid)) is not None and not state.cancelled and not state.finished:
-            journal.append([("cancel", time.time())])
-            state.apply(("cancel", time.time()))
-            write_status(rt.storage, wid, {**(read_status(rt.storage, wid) or {}), "status": "CANCELED"})
+            # Cancelled while its owner was dying: record what the owner never could.
+            _record_cancel(rt, state, journal)
         if state.cancelled:
             raise WorkflowCancelledError(workflow_id=wid)
         if state.finished:
-            write_status(rt.storage, wid, {**(read_status(rt.storage, wid) or {}), "status": "SUCCESSFUL"})
+            update_status(rt.storage, wid, "SUCCESSFUL")
             lease.release()
             return _done_ref(output_value(state, journal), wid)
         _report_code_changes(state)
@@ -462,14 +461,18 @@ def cancel(workflow_id: str) -> None:
         return
     try:
         state, journal, _ = require(rt.storage, wid)
-        if state.finished or state.cancelled:
-            return
-        journal.append([("cancel", time.time())])
-        write_status(
-            rt.storage, wid, {**(read_status(rt.storage, wid) or {}), "status": "CANCELED", "end_time": time.time()}
-        )
+        if not (state.finished or state.cancelled):
+            _record_cancel(rt, state, journal)
     finally:
         lease.release()
+
+
+def _record_cancel(rt: Runtime, state: WorkflowState, journal: Journal) -> None:
+    """Cancel a workflow nobody runs (the caller holds its lease)."""
+    record = ("cancel", time.time())
+    journal.append([record])
+    state.apply(record)
+    update_status(rt.storage, state.workflow_id, "CANCELED", ended=True)
 
 
 def delete(workflow_id: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextvars
 import uuid
-from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from . import serialization
@@ -28,20 +27,18 @@ current_workflow: contextvars.ContextVar[str | None] = contextvars.ContextVar("k
 class ObjectRef(Generic[T]):
     """A reference to a stored value. Pass it into steps; read it with ``workflow.get``."""
 
-    __slots__ = ("__weakref__", "_data", "_id", "_loader", "_refs", "_value")
+    __slots__ = ("__weakref__", "_data", "_id", "_refs", "_value")
 
     def __init__(
         self,
         ref_id: str,
         data: bytes | None = None,
         refs: dict[str, ObjectRef[Any]] | None = None,
-        loader: Callable[[str], tuple[bytes, dict[str, ObjectRef[Any]]]] | None = None,
     ) -> None:
         self._id = ref_id
         self._data = data
         self._refs = refs or {}
         self._value: Any = _MISSING
-        self._loader = loader
 
     @property
     def id(self) -> str:
@@ -67,9 +64,7 @@ class ObjectRef(Generic[T]):
 
     def _bytes(self) -> tuple[bytes, dict[str, ObjectRef[Any]]]:
         if self._data is None:
-            if self._loader is None:
-                raise KeelflowError(f"object {self._id} has no value in this process")
-            self._data, self._refs = self._loader(self._id)
+            raise KeelflowError(f"object {self._id} has no value in this process")
         return self._data, self._refs
 
     def _get(self) -> T:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -214,6 +215,14 @@ class Journal:
 
 def write_status(storage: Storage, workflow_id: str, info: dict[str, Any]) -> None:
     storage.put(wf_key(workflow_id, "status"), json.dumps(info).encode(), durable=False)
+
+
+def update_status(storage: Storage, workflow_id: str, status: str, *, ended: bool = False) -> None:
+    """Set the status in the index, keeping its other fields."""
+    info = {**(read_status(storage, workflow_id) or {}), "status": status}
+    if ended:
+        info["end_time"] = time.time()
+    write_status(storage, workflow_id, info)
 
 
 def read_status(storage: Storage, workflow_id: str) -> dict[str, Any] | None:

@@ -64,7 +64,6 @@ class Run:
         self.attempts: collections.Counter[int] = collections.Counter()
         self.records: list[tuple[Any, ...]] = []
         self.failing = False
-        self.metadata: dict[str, Any] = state.header.get("user_metadata") or {}
 
     @property
     def workflow_id(self) -> str:
@@ -235,17 +234,22 @@ class Runtime:
         """Make the run's new records durable, then act on them."""
         if self._runs.get(run.workflow_id) is not run:
             return
-        records, run.records = run.records, []
-        if records:
+        if run.records:
             try:
-                run.journal.append(records)
+                self._write(run)
             except Exception as e:
                 log.error("cannot write the journal of workflow %s: %s", run.workflow_id, e)
                 self._abandon(run, e)
                 return
-            for record in records:
-                run.state.apply(record)
         self._dispatch(run)
+
+    @staticmethod
+    def _write(run: Run) -> None:
+        """Append the run's pending records (one durable write), then apply them."""
+        records, run.records = run.records, []
+        run.journal.append(records)
+        for record in records:
+            run.state.apply(record)
 
     def _dispatch(self, run: Run) -> None:
         state = run.state
@@ -420,24 +424,22 @@ class Runtime:
         else:
             run.future.set_exception(error)
 
-    def _cancel(self, run: Run) -> None:
+    def _stop_tasks(self, run: Run) -> None:
+        """Abandon the run's running steps; their outcomes, if any come, are ignored."""
         self.executor.cancel(list(run.running.values()))
         for task_id in run.running.values():
             self._tasks.pop(task_id, None)
         run.running.clear()
+
+    def _cancel(self, run: Run) -> None:
+        self._stop_tasks(run)
         run.records.append(("cancel", time.time()))
-        records, run.records = run.records, []
-        run.journal.append(records)
-        for record in records:
-            run.state.apply(record)
+        self._write(run)
         self._finish(run)
 
     def _abandon(self, run: Run, error: BaseException) -> None:
         """Stop a run without recording an end: it stays resumable."""
-        self.executor.cancel(list(run.running.values()))
-        for task_id in run.running.values():
-            self._tasks.pop(task_id, None)
-        run.running.clear()
+        self._stop_tasks(run)
         with self._lock:
             if self._runs.get(run.workflow_id) is run:
                 del self._runs[run.workflow_id]

@@ -87,7 +87,6 @@ class WorkflowState:
         self.ready: deque[int] = deque()
         self.failed: int | None = None
         self.cancelled = False
-        self.resumes: list[tuple[float, dict[str, Any]]] = []
 
     # -- queries -------------------------------------------------------------------------------
     @property
@@ -106,9 +105,6 @@ class WorkflowState:
 
     def step_name(self, index: int) -> str:
         return self.nodes[index].name
-
-    def func_of(self, index: int) -> FuncEntry:
-        return self.funcs[self.nodes[index].func]
 
     def end_time(self) -> float | None:
         return self.nodes[ROOT].end if self.finished else None
@@ -130,7 +126,6 @@ class WorkflowState:
             node.start, node.end, node.attempts = record[4]
             self.failed = record[1]
         elif kind == "resume":
-            self.resumes.append((record[1], record[2]))
             self._reset_failed()
         elif kind == "cancel":
             self.cancelled = True
