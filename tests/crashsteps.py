@@ -175,23 +175,7 @@ def build(spec: dict[str, Any]) -> workflow.Workflow[Any]:
 
 def evaluate(spec: dict[str, Any]) -> int:
     """The workflow's output, computed directly."""
-    values: dict[str, int] = {}
-    for n in spec["nodes"]:
-        ins = [values[i] for i in n["inputs"]]
-        kind, nid = n["kind"], n["id"]
-        if kind in ("combine", "flaky"):
-            values[nid] = combine_value(nid, ins)
-        elif kind == "expand":
-            v = combine_value(f"{nid}.0", ins)
-            for j in range(1, n["k"]):
-                v = combine_value(f"{nid}.{j}", [v])
-            values[nid] = v
-        elif kind == "countdown":
-            acc = combine_value(f"{nid}@{n['n']}", ins)
-            for m in range(n["n"] - 1, -1, -1):
-                acc = combine_value(f"{nid}@{m}", [acc])
-            values[nid] = acc
-    return values[spec["root"]]
+    return step_values(spec)[spec["root"]]
 
 
 def step_values(spec: dict[str, Any]) -> dict[str, int]:
