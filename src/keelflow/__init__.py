@@ -52,6 +52,12 @@ _LAZY = {
     "resume_all": "api",
     "resume_async": "api",
     "shutdown": "api",
+    "virtual_actor": "actors",
+    "get_actor": "actors",
+    "list_actors": "actors",
+    "get_actor_metadata": "actors",
+    "list_actor_calls": "actors",
+    "delete_actor": "actors",
 }
 __all__ = [
     "ActorNotFoundError",
@@ -74,12 +80,17 @@ __all__ = [
     "__version__",
     "cancel",
     "delete",
+    "delete_actor",
     "get",
+    "get_actor",
+    "get_actor_metadata",
     "get_metadata",
     "get_output",
     "get_output_async",
     "get_status",
     "init",
+    "list_actor_calls",
+    "list_actors",
     "list_all",
     "put",
     "resume",
@@ -87,6 +98,7 @@ __all__ = [
     "resume_async",
     "shutdown",
     "step",
+    "virtual_actor",
     "workflow",
 ]
 
@@ -94,6 +106,14 @@ __all__ = [
 workflow = sys.modules[__name__]
 
 if TYPE_CHECKING:
+    from .actors import (
+        delete_actor,
+        get_actor,
+        get_actor_metadata,
+        list_actor_calls,
+        list_actors,
+        virtual_actor,
+    )
     from .api import (
         WorkflowStatus,
         cancel,

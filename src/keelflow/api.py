@@ -7,6 +7,7 @@ import concurrent.futures
 import enum
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -159,6 +160,9 @@ def _make_executor(kind: str, store: Storage, num_cpus: float | None, resources:
 def shutdown() -> None:
     """Stop this process's runs (they stay resumable) and forget ``init``."""
     global _runtime_obj, _config
+    actors = sys.modules.get("keelflow.actors")
+    if actors is not None:
+        actors.stop_all()  # before the runtime: a call may be waiting on a workflow
     with _lock:
         rt, _runtime_obj, _config = _runtime_obj, None, None
     if rt is not None:
@@ -211,7 +215,12 @@ def validate_id(workflow_id: Any, what: str = "workflow id") -> str:
 
 
 # -- running ------------------------------------------------------------------------------------
-def run_workflow(root: Workflow[Any], workflow_id: str | None, metadata: dict[str, Any] | None) -> FutureRef[Any]:
+def run_workflow(
+    root: Workflow[Any],
+    workflow_id: str | None,
+    metadata: dict[str, Any] | None,
+    owned_by: dict[str, Any] | None = None,
+) -> FutureRef[Any]:
     """Start ``root`` as workflow ``workflow_id`` (or attach to it if it already exists)."""
     rt = _runtime()
     wid = validate_id(workflow_id) if workflow_id is not None else new_workflow_id()
@@ -226,7 +235,7 @@ def run_workflow(root: Workflow[Any], workflow_id: str | None, metadata: dict[st
         # We hold the lease, so a torn tail left by a dead owner can be cut off here.
         loaded = load(rt.storage, wid, repair=True)
         if loaded is None:
-            return FutureRef(rt.create(root, wid, meta, lease), wid)
+            return FutureRef(rt.create(root, wid, meta, lease, owned_by), wid)
         state, journal, _ = loaded
         if state.finished:
             lease.release()
@@ -309,7 +318,14 @@ def resume_all(include_failed: bool = False) -> list[tuple[str, FutureRef[Any]]]
     """Resume every ``RESUMABLE`` (and with ``include_failed``, ``FAILED``) workflow."""
     wanted = {WorkflowStatus.RESUMABLE} | ({WorkflowStatus.FAILED} if include_failed else set())
     resumed = []
+    rt = _runtime()
+    if rt.storage.children("actors"):
+        from .actors import recover_all
+
+        recover_all()  # calls left queued by dead processes (they resume their own workflows)
     for wid, _ in list_all(wanted):
+        if (read_status(rt.storage, wid) or {}).get("owned_by"):
+            continue  # run on behalf of an actor call: the actor resumes it
         try:
             resumed.append((wid, resume_async(wid)))
         except (WorkflowRunningError, WorkflowCancelledError):

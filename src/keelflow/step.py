@@ -10,7 +10,7 @@ import json
 import sys
 import types
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, ClassVar, Generic, TypeVar, overload
 
 from .errors import SerializationError
 
@@ -107,6 +107,9 @@ def _code_fingerprint(func: Callable[..., Any]) -> str:
 
 class StepFunction(Generic[T]):
     """A function made into a step by ``@workflow.step``; ``.step(...)`` builds a node."""
+
+    #: Run in the scheduler's process instead of on the executor (see ``FuncEntry.inline``).
+    inline: ClassVar[bool] = False
 
     def __init__(self, func: Callable[..., T], options: StepOptions | None = None) -> None:
         if not callable(func):

@@ -31,9 +31,13 @@ class FuncEntry:
     plain: dict[str, Any]
     # The full StepOptions, pickled (retry_exceptions may name user exception types).
     options_blob: bytes
+    # Runs in the scheduler's own process rather than on the executor (actor method steps,
+    # which act on state this process holds).
+    inline: bool = False
 
     def to_record(self) -> tuple[Any, ...]:
-        return (self.blob, self.key, self.name, self.fingerprint, self.plain, self.options_blob)
+        rec = (self.blob, self.key, self.name, self.fingerprint, self.plain, self.options_blob)
+        return (*rec, True) if self.inline else rec
 
     @classmethod
     def from_record(cls, rec: tuple[Any, ...]) -> FuncEntry:
@@ -92,6 +96,7 @@ def func_entry(func: StepFunction[Any]) -> FuncEntry:
         fingerprint=func.fingerprint,
         plain=plain,
         options_blob=serialization.dumps_function(opts),
+        inline=func.inline,
     )
     if len(_ENTRY_CACHE) > 4096:
         _ENTRY_CACHE.clear()

@@ -73,12 +73,16 @@ class Journal:
     both write segment N.
     """
 
-    def __init__(self, storage: Storage, workflow_id: str) -> None:
+    def __init__(self, storage: Storage, workflow_id: str, *, root: str | None = None, kind: str = "workflow") -> None:
         self.storage = storage
         self.workflow_id = workflow_id
+        self.root = root if root is not None else f"workflows/{workflow_id}"
+        self.label = f"{kind} {workflow_id!r}"
         self.segmented = not storage.can_append
-        self.key = wf_key(workflow_id, "journal.d" if self.segmented else "journal")
+        self.key = f"{self.root}/{'journal.d' if self.segmented else 'journal'}"
         self._next_segment: int | None = None
+        # Where read_new() goes on: a byte offset, or the next segment number.
+        self._cursor = 0
         self._blobs: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._blob_bytes = 0
 
@@ -96,14 +100,17 @@ class Journal:
         if not self.segmented:
             self.storage.append(self.key, data)
             return
+        self._write_segment(data)
+
+    def _write_segment(self, data: bytes) -> None:
         if self._next_segment is None:
             segments = self._segments()
             self._next_segment = segments[-1][0] + 1 if segments else 0
         name = f"{self.key}/{self._next_segment:012d}"
         if not self.storage.put_if_absent(name, data):
             raise StorageError(
-                f"journal segment {self.storage.location(name)} of workflow {self.workflow_id!r} was written "
-                "by another process: two runners own this workflow",
+                f"journal segment {self.storage.location(name)} of {self.label} was written "
+                "by another process: two runners own it",
                 path=self.storage.location(name),
             )
         self._next_segment += 1
@@ -142,8 +149,7 @@ class Journal:
                 except Exception as e:
                     if strict:
                         raise CorruptCheckpointError(
-                            f"journal record #{len(records)} of workflow {self.workflow_id!r} at {location} "
-                            f"is unreadable: {e}",
+                            f"journal record #{len(records)} of {self.label} at {location} is unreadable: {e}",
                             path=location,
                         ) from e
                     return records
@@ -160,28 +166,92 @@ class Journal:
                 break
             if strict:
                 raise CorruptCheckpointError(
-                    f"journal of workflow {self.workflow_id!r} at {location} is damaged at byte {end} "
+                    f"journal of {self.label} at {location} is damaged at byte {end} "
                     f"(checksum mismatch); {len(records)} records before it are intact",
                     path=location,
                 )
             return records
         if records:
             header = records[0][1] if records[0][0] == "start" else {}
-            fmt = header.get("format", 0)
-            if fmt > serialization.FORMAT_VERSION:
-                raise StorageFormatError(
-                    f"workflow {self.workflow_id!r} at {self.path} was written by a newer keelflow "
-                    f"(format {fmt}); upgrade keelflow to read it",
+            self.check_header_format(header)
+        return records
+
+    def check_header_format(self, header: dict[str, Any]) -> None:
+        fmt = header.get("format", 0)
+        if fmt > serialization.FORMAT_VERSION:
+            raise StorageFormatError(
+                f"{self.label} at {self.path} was written by a newer keelflow "
+                f"(format {fmt}); upgrade keelflow to read it",
+                path=self.path,
+            )
+
+    def read_new(self, *, owner: bool = False) -> list[tuple[Any, ...]]:
+        """The whole records appended since the last call (the first call reads them all).
+
+        For a reader following a journal another process writes: a record still being
+        written is left for the next call. ``owner`` (the caller holds the lease, so nobody
+        else writes) cuts off a torn tail instead, so that appends follow the last whole record.
+        """
+        if self.segmented:
+            records: list[tuple[Any, ...]] = []
+            for seq, key in self._segments():
+                if seq < self._cursor:
+                    continue
+                data = self.storage.get(key)
+                if data is None:
+                    break
+                payloads, end = serialization.scan_frames(data)
+                if end != len(data):
+                    raise CorruptCheckpointError(
+                        f"journal segment {self.storage.location(key)} of {self.label} is damaged at byte {end}",
+                        path=self.storage.location(key),
+                    )
+                records.extend(self._load(p, self.storage.location(key)) for p in payloads)
+                self._cursor = seq + 1
+            self._next_segment = self._cursor
+            return records
+        data = self.storage.read_from(self.key, self._cursor)
+        if not data:
+            return []
+        payloads, end = serialization.scan_frames(data)
+        records = [self._load(p, self.path) for p in payloads]
+        if end != len(data) and owner:
+            if not serialization.tail_is_torn(data, end):
+                raise CorruptCheckpointError(
+                    f"journal of {self.label} at {self.path} is damaged at byte {self._cursor + end} "
+                    "(checksum mismatch)",
                     path=self.path,
                 )
+            log.warning("journal %s ends with a partly written record (a crash mid-write); cutting it off", self.path)
+            whole = self.storage.get(self.key) or b""
+            self.storage.put(self.key, whole[: self._cursor + end])
+        self._cursor += end
         return records
+
+    def _load(self, payload: memoryview, location: str) -> tuple[Any, ...]:
+        try:
+            return serialization.load_record(payload)
+        except Exception as e:
+            raise CorruptCheckpointError(
+                f"a journal record of {self.label} at {location} is unreadable: {e}", path=location
+            ) from e
+
+    def append_owned(self, records: list[tuple[Any, ...]]) -> None:
+        """:meth:`append` by the sole writer, keeping :meth:`read_new` past its own records."""
+        data = b"".join(serialization.frame(serialization.dump_record(r)) for r in records)
+        if self.segmented:
+            self._write_segment(data)
+            self._cursor = self._next_segment or 0
+        else:
+            self.storage.append(self.key, data)
+            self._cursor += len(data)
 
     # -- large values ---------------------------------------------------------------------------
     def spill(self, data: bytes) -> Any:
         """``data`` itself, or a pointer to a blob holding it when it is large."""
         if len(data) <= BLOB_THRESHOLD:
             return data
-        key = wf_key(self.workflow_id, f"blobs/{uuid.uuid4().hex}")
+        key = f"{self.root}/blobs/{uuid.uuid4().hex}"
         self.storage.put(key, serialization.frame(data))
         return ("blob", key)
 

@@ -35,7 +35,7 @@ from .dag import FuncEntry, SubDag, flatten
 from .journal import Journal, wf_key, write_status
 from .results import execution_error, output_value
 from .state import WorkflowState
-from .task import CATCHER, RUNNER, make_payload
+from .task import CATCHER, RUNNER, make_payload, run_task
 
 __all__ = ["Run", "Runtime"]
 
@@ -84,6 +84,9 @@ class Runtime:
         self._stopped = False
         self._last_cancel_poll = 0.0
         self._demands: dict[str, tuple[Demand, str | None]] = {}
+        # Inline steps run on threads of this process; their outcomes queue here.
+        self._inline_done: collections.deque[Outcome] = collections.deque()
+        self._inline_funcs: dict[str, Any] = {}
         self._thread = threading.Thread(target=self._loop, name="keelflow-scheduler", daemon=True)
         self._thread.start()
 
@@ -98,9 +101,18 @@ class Runtime:
             return self._runs.get(workflow_id)
 
     def create(
-        self, root: Any, workflow_id: str, metadata: dict[str, Any], lease: Lease
+        self,
+        root: Any,
+        workflow_id: str,
+        metadata: dict[str, Any],
+        lease: Lease,
+        owned_by: dict[str, Any] | None = None,
     ) -> concurrent.futures.Future[Any]:
-        """Start a new workflow; the caller holds its lease and checked it does not exist."""
+        """Start a new workflow; the caller holds its lease and checked it does not exist.
+
+        ``owned_by`` marks a workflow run on behalf of something else (an actor call), which
+        is then the one to resume it.
+        """
         dag = flatten(root, what=f"workflow {workflow_id!r}")
         now = time.time()
         header = {
@@ -110,6 +122,8 @@ class Runtime:
             "user_metadata": metadata,
             "code": _code_info(),
         }
+        if owned_by:
+            header["owned_by"] = owned_by
         journal = Journal(self.storage, workflow_id)
         dag.objects = {k: (journal.spill(d), n) for k, (d, n) in dag.objects.items()}
         record = ("start", header, dag.to_record(), now)
@@ -188,6 +202,8 @@ class Runtime:
             except Exception:  # pragma: no cover - an executor bug must not kill the loop silently
                 log.exception("executor wait failed")
                 outcomes = []
+            while self._inline_done:
+                outcomes.append(self._inline_done.popleft())
             while self._inbox:
                 try:
                     self._inbox.popleft()()
@@ -293,7 +309,26 @@ class Runtime:
         run.started.setdefault(index, time.time())
         run.attempts[index] += 1
         self._tasks[task_id] = (run, index)
+        if entry.inline:
+            self._run_inline(task_id, entry, payload)
+            return
         self.executor.submit(Task(task_id, RUNNER, entry.key, entry.blob, payload, demand, node.name))
+
+    def _run_inline(self, task_id: int, entry: FuncEntry, payload: bytes) -> None:
+        """Run an inline step on a thread of its own (it may wait, e.g. for an actor's turn)."""
+        func = self._inline_funcs.get(entry.key)
+        if func is None:
+            func = self._inline_funcs[entry.key] = cloudpickle.loads(entry.blob)
+
+        def work() -> None:
+            try:
+                outcome = Outcome(task_id, result=run_task(func, payload))
+            except BaseException as e:  # run_task encodes application errors; this is a bug
+                outcome = Outcome(task_id, error=f"{type(e).__name__}: {e}")
+            self._inline_done.append(outcome)
+            self.executor.wake()
+
+        threading.Thread(target=work, name=f"keelflow-inline-{task_id}", daemon=True).start()
 
     def _demand(self, entry: FuncEntry) -> tuple[Demand, str | None]:
         """What a step function's steps hold while they run, and why that is impossible."""
@@ -480,6 +515,8 @@ def _status_info(state: WorkflowState, status: str, ended: bool = False) -> dict
         "start_time": state.start_time,
         "user_metadata": state.header.get("user_metadata") or {},
     }
+    if state.header.get("owned_by"):
+        info["owned_by"] = state.header["owned_by"]
     if ended:
         info["end_time"] = time.time()
     return info

@@ -18,11 +18,11 @@ import cloudpickle
 
 from .. import serialization
 from ..errors import KeelflowError, SerializationError
-from ..objects import ObjectRef, current_workflow
+from ..objects import ObjectRef, current_step, current_workflow
 from ..step import StepFunction, Workflow, step
-from .dag import collect_refs, flatten
+from .dag import SubDag, collect_refs, flatten
 
-__all__ = ["make_payload", "run_task"]
+__all__ = ["Refs", "make_payload", "portable", "run_task"]
 
 RUNNER = "keelflow.engine.task:run_task"
 #: The step that closes a caught continuation; the engine finds it by this name.
@@ -39,7 +39,7 @@ def make_payload(
     return serialization.dump_record((workflow_id, step_name, args, deps, objects))
 
 
-class _Refs:
+class Refs:
     """Builds ObjectRefs from the payload's object table, nested refs included, on demand."""
 
     def __init__(self, table: dict[str, tuple[bytes, tuple[str, ...]]]) -> None:
@@ -55,7 +55,7 @@ class _Refs:
         return ref
 
 
-def _portable(exc: BaseException) -> BaseException:
+def portable(exc: BaseException) -> BaseException:
     """``exc`` if it survives a pickle round trip, else a KeelflowError keeping its type and text.
 
     Some exceptions pickle but cannot be rebuilt (an ``__init__`` with required arguments
@@ -79,9 +79,10 @@ def run_task(func: StepFunction[Any], payload: bytes) -> bytes:
     workflow_id, step_name, args_data, deps, objects = serialization.load_record(payload)
     opts = func.options_in_force
     token = current_workflow.set(workflow_id)
+    step_token = current_step.set(step_name)
     start = time.time()
     try:
-        refs = _Refs(objects)
+        refs = Refs(objects)
         outputs: dict[int, Any] = {}
 
         def resolve_node(index: int) -> Any:
@@ -97,6 +98,9 @@ def run_task(func: StepFunction[Any], payload: bytes) -> bytes:
         # A returned ref stays a ref downstream (as a Ray task's would); it is stored once as
         # an object. Only a workflow's final output is resolved to its value.
         result = func._func(*args, **kwargs)
+        if isinstance(result, SubDag):
+            # An engine-internal step (an actor method) that flattened its own continuation.
+            return serialization.dump_record(("cont", result.to_record(), start, time.time()))
         if isinstance(result, Workflow):
             if opts.catch_exceptions:
                 # The step's output is its sub-workflow's, so that is what gets caught: the
@@ -120,10 +124,11 @@ def run_task(func: StepFunction[Any], payload: bytes) -> bytes:
     except Exception as exc:
         end = time.time()
         tb = traceback.format_exc()
-        portable = _portable(exc)
-        caught = cloudpickle.dumps((None, portable)) if opts.catch_exceptions else None
+        safe = portable(exc)
+        caught = cloudpickle.dumps((None, safe)) if opts.catch_exceptions else None
         # An output that cannot be serialized will not serialize on a retry either.
         retryable = opts.should_retry(exc) and not isinstance(exc, SerializationError)
-        return serialization.dump_record(("err", cloudpickle.dumps(portable), tb, retryable, caught, start, end))
+        return serialization.dump_record(("err", cloudpickle.dumps(safe), tb, retryable, caught, start, end))
     finally:
+        current_step.reset(step_token)
         current_workflow.reset(token)

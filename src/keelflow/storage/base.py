@@ -43,6 +43,11 @@ class Storage(abc.ABC):
     def get(self, key: str) -> bytes | None:
         """The bytes stored at ``key``, or ``None`` when nothing is stored there."""
 
+    def read_from(self, key: str, offset: int) -> bytes | None:
+        """The bytes at ``key`` from ``offset`` on (for following a growing journal)."""
+        data = self.get(key)
+        return None if data is None else data[offset:]
+
     @abc.abstractmethod
     def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         """Atomically replace ``key``: readers see the old or the new bytes, never a mix.

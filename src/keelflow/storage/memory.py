@@ -57,6 +57,11 @@ class MemoryStorage(Storage):
             value = self._data.get(key)
             return None if value is None else bytes(value)
 
+    def read_from(self, key: str, offset: int) -> bytes | None:
+        with self._lock:
+            value = self._data.get(key)
+            return None if value is None else bytes(value[offset:])
+
     def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         with self._lock:
             self._data[key] = bytes(data)

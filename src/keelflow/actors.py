@@ -1,0 +1,533 @@
+"""Durable virtual actors (SPEC §6): classes whose instances live in storage, not a process.
+
+``@workflow.virtual_actor`` marks a class; ``Cls.get_or_create(actor_id, *init_args)`` and
+``workflow.get_actor(actor_id)`` return a handle whose methods run with ``.run()`` /
+``.run_async()``. How calls are queued, run and recovered is in :mod:`keelflow.engine.actor`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import inspect
+import pickle
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from . import api, serialization
+from .engine.actor import (
+    ACTORS,
+    ActorHost,
+    actor_root,
+    call_error,
+    current_actor,
+    decode_instance,
+    encode_state,
+    encode_value,
+    meta_record,
+    not_found,
+    read_meta,
+    state_value,
+)
+from .engine.journal import Journal
+from .errors import KeelflowError, SerializationError, WorkflowNotFoundError, WorkflowRunningError
+from .objects import FutureRef, ObjectRef, current_step, current_workflow, get
+from .step import StepFunction, StepOptions, Workflow, _code_fingerprint
+
+__all__ = [
+    "ActorHandle",
+    "delete_actor",
+    "get_actor",
+    "get_actor_metadata",
+    "list_actor_calls",
+    "list_actors",
+    "virtual_actor",
+]
+
+_lock = threading.Lock()
+_hosts: dict[str, ActorHost] = {}
+_readers: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+# -- declaring ----------------------------------------------------------------------------------
+class _Method:
+    """An actor class's method: a plain method on instances, plus ``.step()`` inside calls."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.readonly = bool(getattr(fn, "_keelflow_readonly", False))
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        try:
+            self.signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):
+            self.signature = None
+
+    def bind(self, qualname: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Check call arguments here, where the mistake is, not in the actor's runner."""
+        if self.signature is None:
+            return
+        try:
+            self.signature.bind(None, *args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"bad arguments for actor method {qualname}: {e}") from None
+
+    def __get__(self, inst: Any, owner: type | None = None) -> Any:
+        if inst is None:
+            return self.fn
+        return _BoundMethod(self, inst)
+
+
+class _BoundMethod:
+    __slots__ = ("_inst", "_method")
+
+    def __init__(self, method: _Method, inst: Any) -> None:
+        self._method = method
+        self._inst = inst
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._method.fn(self._inst, *args, **kwargs)
+
+    def step(self, *args: Any, **kwargs: Any) -> Workflow[Any]:
+        """Chain this method into the workflow the running actor method returns."""
+        running = current_actor.get()
+        name = self._method.fn.__name__
+        if running is None:
+            raise KeelflowError(
+                f"self.{name}.step() chains a method inside an actor method; outside one, use "
+                f"a handle: Cls.get_or_create(actor_id).{name}.step(...)"
+            )
+        host = running[0]
+        return ActorMethodStep(host.actor_id, name, self._method.readonly, self._method.fn).step(*args, **kwargs)
+
+
+class _VirtualActor:
+    """``@workflow.virtual_actor``; ``@workflow.virtual_actor.readonly`` on methods."""
+
+    def __call__(self, cls: type) -> Any:
+        if not isinstance(cls, type):
+            raise TypeError(f"@workflow.virtual_actor decorates a class, got {cls!r}")
+        if "get_or_create" in vars(cls):
+            raise TypeError(f"actor class {cls.__qualname__} must not define get_or_create: keelflow adds it")
+        for name, attr in list(vars(cls).items()):
+            if not name.startswith("_") and inspect.isfunction(attr):
+                setattr(cls, name, _Method(attr))
+        cls.get_or_create = classmethod(_get_or_create)  # type: ignore[attr-defined]
+        cls._keelflow_actor = True  # type: ignore[attr-defined]
+        return cls
+
+    @staticmethod
+    def readonly(fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Mark a method read-only: not logged, runs on the last committed state, concurrently."""
+        if not callable(fn):
+            raise TypeError(f"@workflow.virtual_actor.readonly decorates a method, got {fn!r}")
+        fn._keelflow_readonly = True  # type: ignore[attr-defined]
+        return fn
+
+
+virtual_actor = _VirtualActor()
+
+
+def _methods(cls: type) -> dict[str, _Method]:
+    found: dict[str, _Method] = {}
+    for klass in reversed(cls.__mro__):
+        for name, attr in vars(klass).items():
+            if isinstance(attr, _Method):
+                found[name] = attr
+    return found
+
+
+# -- hosts ----------------------------------------------------------------------------------------
+def _host(actor_id: str, cls: type | None = None) -> ActorHost:
+    rt = api._runtime()
+    with _lock:
+        host = _hosts.get(actor_id)
+        if host is not None and host.storage is rt.storage:
+            return host
+    meta = read_meta(rt.storage, actor_id)
+    if meta is None:
+        raise not_found(actor_id)
+    _header, blob, state = meta
+    if cls is None:
+        try:
+            cls = pickle.loads(blob)
+        except Exception as e:
+            raise SerializationError(
+                f"cannot load the class of actor {actor_id!r} ({_header.get('class')}): {type(e).__name__}: {e}"
+            ) from e
+    host = ActorHost(rt.storage, actor_id, cls, state, _run_sub)
+    with _lock:
+        current = _hosts.get(actor_id)
+        if current is not None and current.storage is rt.storage:
+            return current
+        _hosts[actor_id] = host
+    return host
+
+
+def _run_sub(node: Workflow[Any] | None, sub_id: str, owned_by: dict[str, Any]) -> Any:
+    """Start (or find again, after a crash) the workflow an actor call returned."""
+    try:
+        status = api.get_status(sub_id)
+    except WorkflowNotFoundError:
+        if node is None:
+            raise
+        return api.run_workflow(node, sub_id, None, owned_by)
+    if status == api.WorkflowStatus.RESUMABLE:
+        return api.resume_async(sub_id)
+    return api.get_output_async(sub_id)
+
+
+def stop_all() -> None:
+    """Stop this process's actor runners (queued calls stay queued for the next owner)."""
+    with _lock:
+        hosts = list(_hosts.values())
+        _hosts.clear()
+    for host in hosts:
+        host.stop()
+
+
+def recover_all() -> list[str]:
+    """Run calls left queued by dead owners, for every actor in storage; their ids."""
+    rt = api._runtime()
+    touched = []
+    for actor_id in rt.storage.children(ACTORS):
+        try:
+            host = _host(actor_id)
+            host.touch()
+        except KeelflowError:
+            continue
+        touched.append(actor_id)
+    return touched
+
+
+# -- handles --------------------------------------------------------------------------------------
+def _get_or_create(cls: type, actor_id: str, *args: Any, **kwargs: Any) -> ActorHandle:
+    """The actor ``actor_id``, created from ``cls(*args, **kwargs)`` if it does not exist yet.
+
+    An existing actor keeps its stored state; the arguments are then ignored.
+    """
+    api.validate_id(actor_id, "actor id")
+    rt = api._runtime()
+    if read_meta(rt.storage, actor_id) is None:
+        inst = cls(*args, **kwargs)
+        state = encode_state(actor_id, inst)
+        rt.storage.put_if_absent(f"{actor_root(actor_id)}/meta", meta_record(actor_id, cls, state))
+    host = _host(actor_id, cls)
+    host.touch()
+    return ActorHandle(actor_id, cls)
+
+
+def get_actor(actor_id: str) -> ActorHandle:
+    """A handle to an existing actor, from any process that can reach the storage."""
+    api.validate_id(actor_id, "actor id")
+    host = _host(actor_id)
+    host.touch()
+    return ActorHandle(actor_id, host.cls)
+
+
+class ActorHandle:
+    """A handle to a virtual actor: ``handle.method.run(...)``, ``.run_async(...)``, ``.step(...)``."""
+
+    def __init__(self, actor_id: str, cls: type) -> None:
+        self._actor_id = actor_id
+        self._cls = cls
+
+    @property
+    def actor_id(self) -> str:
+        return self._actor_id
+
+    def __getattr__(self, name: str) -> ActorMethod:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        methods = _methods(self._cls)
+        method = methods.get(name)
+        if method is None:
+            raise AttributeError(
+                f"actor class {self._cls.__qualname__} has no method {name!r} (its methods: {', '.join(sorted(methods))})"
+            )
+        return ActorMethod(self._actor_id, self._cls, name, method)
+
+    def __reduce__(self) -> Any:
+        return ActorHandle, (self._actor_id, self._cls)
+
+    def __repr__(self) -> str:
+        return f"<actor {self._actor_id!r} of {self._cls.__qualname__}>"
+
+
+def _resolve_top(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    # Refs passed directly as arguments arrive as their values, as with Ray actor calls.
+    args = tuple(get(a) if isinstance(a, ObjectRef) else a for a in args)
+    kwargs = {k: get(v) if isinstance(v, ObjectRef) else v for k, v in kwargs.items()}
+    return args, kwargs
+
+
+def _read(host: ActorHost, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    inst = decode_instance(host.cls, host.committed())
+    return getattr(host.cls, name)(inst, *args, **kwargs)
+
+
+def _reader_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _readers
+    with _lock:
+        if _readers is None:
+            _readers = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="keelflow-actor-read")
+        return _readers
+
+
+class ActorMethod:
+    """One method of one actor."""
+
+    def __init__(self, actor_id: str, cls: type, name: str, method: _Method) -> None:
+        self._actor_id = actor_id
+        self._cls = cls
+        self._name = name
+        self._method = method
+
+    @property
+    def readonly(self) -> bool:
+        return self._method.readonly
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the method and return its result."""
+        if self._method.readonly:
+            self._method.bind(self._qualname, args, kwargs)
+            args, kwargs = _resolve_top(args, kwargs)
+            return _read(_host(self._actor_id, self._cls), self._name, args, kwargs)
+        return self._submit(args, kwargs, here=True).result()
+
+    def run_async(self, *args: Any, **kwargs: Any) -> FutureRef[Any]:
+        """Queue the call (durably, for a mutating method) and return a ref to its result."""
+        return FutureRef(self._submit(args, kwargs, here=False))
+
+    def _submit(self, args: tuple[Any, ...], kwargs: dict[str, Any], here: bool) -> concurrent.futures.Future[Any]:
+        self._method.bind(self._qualname, args, kwargs)
+        args, kwargs = _resolve_top(args, kwargs)
+        host = _host(self._actor_id, self._cls)
+        if self._method.readonly:
+            return _reader_pool().submit(_read, host, self._name, args, kwargs)
+        packed = encode_value((args, kwargs), f"the arguments of {self._qualname} on actor {self._actor_id!r}")
+        return host.submit(self._name, packed, here=here)
+
+    def step(self, *args: Any, **kwargs: Any) -> Workflow[Any]:
+        """A workflow node calling this method (once, even if the workflow is resumed)."""
+        return ActorMethodStep(self._actor_id, self._name, self._method.readonly, self._method.fn).step(*args, **kwargs)
+
+    @property
+    def _qualname(self) -> str:
+        return f"{self._cls.__qualname__}.{self._name}"
+
+    def __repr__(self) -> str:
+        return f"<actor method {self._qualname} of {self._actor_id!r}>"
+
+
+def sub_key(workflow_id: str | None, step_name: str | None) -> str:
+    """The idempotency key of an actor call made by a workflow step."""
+    return f"{workflow_id}:{step_name}"
+
+
+class _MethodCall:
+    """What an actor method step runs: the call, on the actor's owner (this process)."""
+
+    def __init__(self, actor_id: str, method: str, readonly: bool, module: str, qualname: str) -> None:
+        self.actor_id = actor_id
+        self.method = method
+        self.readonly = readonly
+        self.__module__ = module
+        self.__qualname__ = qualname
+        self.__name__ = method
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        host = _host(self.actor_id)
+        args, kwargs = _resolve_top(args, kwargs)
+        if self.readonly:
+            return _read(host, self.method, args, kwargs)
+        workflow_id = current_workflow.get()
+        key = sub_key(workflow_id, current_step.get())
+        if host.in_call(workflow_id):
+            return host.chained(key, self.method, args, kwargs)
+        packed = encode_value((args, kwargs), f"the arguments of {self.__qualname__} on actor {self.actor_id!r}")
+        return host.submit(self.method, packed, idem=key).result()
+
+
+class ActorMethodStep(StepFunction[Any]):
+    """A step calling an actor method. It runs in the scheduler's process (``inline``), where
+    the actor's running call, if any, is."""
+
+    inline = True
+
+    def __init__(self, actor_id: str, method: str, readonly: bool, fn: Callable[..., Any] | None) -> None:
+        module = getattr(fn, "__module__", "actor")
+        qualname = getattr(fn, "__qualname__", method)
+        super().__init__(_MethodCall(actor_id, method, readonly, module, qualname), StepOptions(max_retries=0))
+        self._fn = fn
+        self._checker = _Method(fn) if fn is not None else None
+        self._spec = (actor_id, method, readonly)
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = _code_fingerprint(self._fn) if self._fn is not None else ""
+        return self._fingerprint
+
+    def step(self, *args: Any, **kwargs: Any) -> Workflow[Any]:
+        if self._checker is not None:
+            self._checker.bind(self.default_name, args, kwargs)
+        return Workflow(self, args, kwargs)
+
+    def options(self, **options: Any) -> StepFunction[Any]:
+        raise KeelflowError("actor method steps take no step options")
+
+    def __reduce__(self) -> Any:
+        return ActorMethodStep, (*self._spec, None)
+
+
+# -- management -----------------------------------------------------------------------------------
+def list_actors() -> list[str]:
+    """The ids of every actor in storage, sorted."""
+    rt = api._runtime()
+    return [a for a in rt.storage.children(ACTORS) if rt.storage.get(f"{actor_root(a)}/meta") is not None]
+
+
+def _records(actor_id: str) -> tuple[dict[str, Any], tuple[str, bytes], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    rt = api._runtime()
+    api.validate_id(actor_id, "actor id")
+    meta = read_meta(rt.storage, actor_id)
+    if meta is None:
+        raise not_found(actor_id)
+    header, _blob, state = meta
+    records = Journal(rt.storage, actor_id, root=actor_root(actor_id), kind="actor").read(strict=False)
+    inbox = []
+    for name in rt.storage.children(f"{actor_root(actor_id)}/inbox"):
+        raw = rt.storage.get(f"{actor_root(actor_id)}/inbox/{name}")
+        if raw is not None:
+            try:
+                inbox.append(serialization.load_record(raw))
+            except Exception:
+                continue
+    return header, state, records, inbox
+
+
+def list_actor_calls(actor_id: str, status: str | None = None) -> list[dict[str, Any]]:
+    """The actor's mutating calls, oldest first: ``seq``, ``method``, ``status`` (``QUEUED``,
+    ``RUNNING``, ``SUCCESSFUL``, ``FAILED``), ``submitted``, ``start_time``, ``end_time``,
+    ``error`` and ``workflow_id`` (of a workflow the call returned)."""
+    _header, _state, records, inbox = _records(actor_id)
+    rt = api._runtime()
+    running = rt.storage.lease_held(f"{actor_root(actor_id)}/lease")
+    calls: dict[int, dict[str, Any]] = {}
+    for rec in records:
+        kind = rec[0]
+        if kind == "call":
+            _, seq, _key, _idem, method, _args, submitted = rec
+            calls[seq] = {
+                "seq": seq,
+                "method": method,
+                "status": "QUEUED",
+                "submitted": submitted,
+                "start_time": None,
+                "end_time": None,
+                "error": None,
+                "workflow_id": None,
+            }
+        elif kind == "cont" and rec[1] in calls:
+            calls[rec[1]]["workflow_id"] = rec[3]
+            calls[rec[1]]["status"] = "RUNNING"
+        elif kind == "result" and rec[1] in calls:
+            _, seq, ok, payload, _st, start, end = rec
+            info = calls[seq]
+            info.update(start_time=start, end_time=end, status="SUCCESSFUL" if ok == "ok" else "FAILED")
+            if ok != "ok":
+                err = call_error(actor_id, seq, *payload)
+                info["error"] = f"{type(err.__cause__).__name__}: {err.__cause__}"
+    out = list(calls.values())
+    queued = [c for c in out if c["status"] == "QUEUED"]
+    if running and queued:
+        queued[0]["status"] = "RUNNING"
+    for _key, _idem, method, _args, submitted in inbox:
+        out.append(
+            {
+                "seq": None,
+                "method": method,
+                "status": "QUEUED",
+                "submitted": submitted,
+                "start_time": None,
+                "end_time": None,
+                "error": None,
+                "workflow_id": None,
+            }
+        )
+    if status is not None:
+        out = [c for c in out if c["status"] == status]
+    return out
+
+
+def get_actor_metadata(actor_id: str) -> dict[str, Any]:
+    """``actor_id``, ``class``, ``status`` (``RUNNING``: a live process runs its calls;
+    ``QUEUED``: calls wait for a process to touch it; ``IDLE``), ``state`` (the committed
+    state) and ``stats`` (``created``, ``calls``, ``failed``, ``queued``, ``last_call_time``)."""
+    header, state, records, inbox = _records(actor_id)
+    rt = api._runtime()
+    calls = failed = 0
+    last = None
+    pending: set[int] = set()
+    for rec in records:
+        if rec[0] == "call":
+            calls += 1
+            pending.add(rec[1])
+        elif rec[0] in ("cont", "sub", "result"):
+            new_state = rec[2] if rec[0] == "cont" else rec[5] if rec[0] == "sub" else rec[4]
+            if new_state is not None:
+                state = new_state
+            if rec[0] == "result":
+                pending.discard(rec[1])
+                failed += rec[2] != "ok"
+                last = rec[6]
+    queued = len(pending) + len(inbox)
+    if rt.storage.lease_held(f"{actor_root(actor_id)}/lease"):
+        status = "RUNNING"
+    else:
+        status = "QUEUED" if queued else "IDLE"
+    return {
+        "actor_id": actor_id,
+        "class": header.get("class"),
+        "status": status,
+        "state": state_value(state),
+        "stats": {
+            "created": header.get("created"),
+            "calls": calls + len(inbox),
+            "failed": failed,
+            "queued": queued,
+            "last_call_time": last,
+        },
+    }
+
+
+def delete_actor(actor_id: str) -> None:
+    """Remove the actor, its calls and the workflows its calls ran. Refuses a running actor."""
+    rt = api._runtime()
+    api.validate_id(actor_id, "actor id")
+    with _lock:
+        host = _hosts.pop(actor_id, None)
+    if host is not None:
+        host.stop()
+    lease = rt.storage.acquire_lease(f"{actor_root(actor_id)}/lease", b"delete")
+    if lease is None:
+        raise WorkflowRunningError(f"actor {actor_id!r} is running calls in a live process", workflow_id=actor_id)
+    try:
+        if read_meta(rt.storage, actor_id) is None:
+            raise not_found(actor_id)
+        records = Journal(rt.storage, actor_id, root=actor_root(actor_id), kind="actor").read(strict=False)
+        for rec in records:
+            if rec[0] == "cont":
+                try:
+                    api.delete(rec[3])
+                except WorkflowNotFoundError:
+                    pass
+        rt.storage.delete_prefix(f"{ACTORS}/{actor_id}/meta")
+        rt.storage.delete_prefix(f"{ACTORS}/{actor_id}/journal")
+        rt.storage.delete_prefix(f"{ACTORS}/{actor_id}/journal.d")
+        rt.storage.delete_prefix(f"{ACTORS}/{actor_id}/inbox")
+        rt.storage.delete_prefix(f"{ACTORS}/{actor_id}/blobs")
+    finally:
+        lease.release()
+    rt.storage.delete_prefix(f"{ACTORS}/{actor_id}")

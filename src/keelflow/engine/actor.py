@@ -1,0 +1,736 @@
+"""Running a durable virtual actor's calls: the journal, the lease, the queue, recovery.
+
+Layout under the storage root::
+
+    actors/<id>/meta          class, creation time and initial state (written once, put-if-absent)
+    actors/<id>/journal       calls, results and state changes: framed records, append-only
+    actors/<id>/lease         held by the process running the actor's calls right now
+    actors/<id>/inbox/<key>   a call made by a process that did not hold the lease
+
+The process holding the lease is the actor's *owner*. A mutating call it accepts is appended
+to the journal (durable before ``run_async`` returns), run on the instance the owner keeps in
+memory, and closed by a ``result`` record carrying the result and the new state together: one
+atomic append, so a crash leaves both or neither. A process that cannot get the lease writes
+the call to the inbox; the owner moves inbox calls into its journal, in key order (which is
+submission order per thread), and gives the lease up as soon as nothing is queued, so the
+next caller becomes the owner. Callers elsewhere follow the journal for their results.
+
+After a crash the next owner finds calls without results and runs them in order, each once:
+a result is only ever written with its state. Read-only calls take no lease and write
+nothing; they run on a fresh instance built from the last committed state.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextvars
+import json
+import logging
+import os
+import pickle
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from .. import serialization
+from ..errors import (
+    ActorNotFoundError,
+    CorruptCheckpointError,
+    KeelflowError,
+    SerializationError,
+    WorkflowExecutionError,
+)
+from ..objects import ObjectRef
+from ..step import Workflow
+from ..storage import Lease, Storage
+from .dag import SubDag, collect_refs, flatten
+from .journal import Journal
+from .runtime import owner_info
+from .task import Refs, portable
+
+__all__ = ["ActorHost", "actor_root", "current_actor", "decode_instance", "encode_state", "read_meta"]
+
+log = logging.getLogger("keelflow")
+
+ACTORS = "actors"
+#: Inbox entries moved into the journal per batch (bounds one append).
+_INGEST_BATCH = 512
+#: Queued calls run before their results are committed together.
+_RUN_BATCH = 64
+#: How long an idle runner keeps the lease, waiting for the next call.
+_LINGER = 0.002
+#: Keys of recent calls remembered, to skip an inbox entry a crashed owner had already moved.
+_RECENT_KEYS = 100_000
+
+#: The actor whose method body runs in this thread: ``(host, call seq)``.
+current_actor: contextvars.ContextVar[tuple[ActorHost, int] | None] = contextvars.ContextVar(
+    "keelflow_actor", default=None
+)
+
+_key_lock = threading.Lock()
+_last_key = [0]
+_proc_token = f"{os.getpid():x}{os.urandom(3).hex()}"
+
+
+def _next_key() -> str:
+    """A call key that sorts in submission order within this process (and by time across)."""
+    with _key_lock:
+        now = max(time.time_ns(), _last_key[0] + 1)
+        _last_key[0] = now
+    return f"{now:020d}-{_proc_token}"
+
+
+def actor_root(actor_id: str) -> str:
+    return f"{ACTORS}/{actor_id}"
+
+
+# -- state ----------------------------------------------------------------------------------------
+def _custom(cls: type, name: str) -> bool:
+    return getattr(cls, name, None) is not getattr(object, name, None)
+
+
+def encode_state(actor_id: str, inst: Any) -> tuple[str, bytes]:
+    """The instance's state as stored: its ``__dict__`` as JSON, or what ``__getstate__`` returns."""
+    cls = type(inst)
+    if _custom(cls, "__getstate__"):
+        value = inst.__getstate__()
+        try:
+            return ("pickle", cloudpickle.dumps(value, protocol=5))
+        except Exception as e:
+            raise SerializationError(
+                f"cannot serialize the state of actor {actor_id!r}: {cls.__qualname__}.__getstate__ returned "
+                f"a {type(value).__name__} that cannot be pickled ({type(e).__name__}: {e})"
+            ) from e
+    try:
+        return ("json", json.dumps(vars(inst), allow_nan=False).encode())
+    except (TypeError, ValueError) as e:
+        bad = _first_non_json(vars(inst))
+        raise SerializationError(
+            f"the state of actor {actor_id!r} is not JSON-serializable{bad}; keep JSON values in its "
+            f"attributes, or define {cls.__qualname__}.__getstate__ and __setstate__ to store any picklable value"
+        ) from e
+
+
+def _first_non_json(attrs: dict[str, Any]) -> str:
+    for name, value in attrs.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            return f": attribute {name!r} holds a {type(value).__name__}"
+    return ""
+
+
+def decode_instance(cls: type, state: tuple[str, bytes]) -> Any:
+    """A fresh instance of ``cls`` holding ``state`` (``__init__`` is not called)."""
+    codec, data = state
+    inst: Any = cls.__new__(cls)  # type: ignore[call-overload]
+    if codec == "json":
+        vars(inst).update(json.loads(data))
+        return inst
+    value = pickle.loads(data)
+    if _custom(cls, "__setstate__"):
+        inst.__setstate__(value)
+    elif isinstance(value, dict):
+        vars(inst).update(value)
+    else:
+        raise SerializationError(
+            f"{cls.__qualname__}.__getstate__ returned a {type(value).__name__}; define __setstate__ to restore it"
+        )
+    return inst
+
+
+def state_value(state: tuple[str, bytes]) -> Any:
+    """The stored state as a plain value (for the management API)."""
+    codec, data = state
+    return json.loads(data) if codec == "json" else pickle.loads(data)
+
+
+# -- meta -----------------------------------------------------------------------------------------
+def meta_record(actor_id: str, cls: type, state: tuple[str, bytes]) -> bytes:
+    header = {
+        "format": serialization.FORMAT_VERSION,
+        "actor_id": actor_id,
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "created": time.time(),
+    }
+    try:
+        blob = cloudpickle.dumps(cls, protocol=5)
+    except Exception as e:
+        raise SerializationError(f"cannot serialize actor class {cls.__qualname__}: {type(e).__name__}: {e}") from e
+    return serialization.frame(serialization.dump_record(("actor", header, blob, state)))
+
+
+def read_meta(storage: Storage, actor_id: str) -> tuple[dict[str, Any], bytes, tuple[str, bytes]] | None:
+    """``(header, class blob, initial state)``, or None for an unknown actor."""
+    key = f"{actor_root(actor_id)}/meta"
+    raw = storage.get(key)
+    if raw is None:
+        return None
+    payloads, end = serialization.scan_frames(raw)
+    if len(payloads) != 1 or end != len(raw):
+        raise CorruptCheckpointError(f"actor record {storage.location(key)} is damaged", path=storage.location(key))
+    _, header, blob, state = serialization.load_record(payloads[0])
+    if header.get("format", 0) > serialization.FORMAT_VERSION:
+        from ..errors import StorageFormatError
+
+        raise StorageFormatError(
+            f"actor {actor_id!r} was written by a newer keelflow (format {header['format']}); upgrade to use it",
+            path=storage.location(key),
+        )
+    return header, blob, state
+
+
+# -- values ---------------------------------------------------------------------------------------
+def encode_value(value: Any, what: str) -> tuple[bytes, dict[str, tuple[bytes, tuple[str, ...]]]]:
+    """Bytes for ``value`` plus the objects its refs point to."""
+    found: dict[str, ObjectRef[Any]] = {}
+
+    def on_ref(ref: ObjectRef[Any]) -> str:
+        ref = ref._settled()
+        found[ref.id] = ref
+        return ref.id
+
+    data = serialization.encode(value, what=what, on_ref=on_ref)
+    table: dict[str, tuple[bytes, tuple[str, ...]]] = {}
+    collect_refs(found, table)
+    return data, table
+
+
+def decode_value(packed: tuple[bytes, dict[str, Any]], what: str) -> Any:
+    data, table = packed
+    return serialization.decode(data, what=what, resolve_ref=Refs(table))
+
+
+class _Pending:
+    """A call accepted into the journal that has no result yet."""
+
+    __slots__ = ("args", "idem", "key", "method", "seq", "sub_id", "submitted")
+
+    def __init__(self, rec: tuple[Any, ...]) -> None:
+        _, self.seq, self.key, self.idem, self.method, self.args, self.submitted = rec
+        self.sub_id: str | None = None
+
+
+class ActorHost:
+    """One actor as seen by this process: owner of its calls while it holds the lease,
+    else a follower of its journal."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        actor_id: str,
+        cls: type,
+        state: tuple[str, bytes],
+        run_sub: Callable[[Any, str, dict[str, Any]], Any],
+    ) -> None:
+        self.storage = storage
+        self.actor_id = actor_id
+        self.cls = cls
+        self.root = actor_root(actor_id)
+        self.journal = Journal(storage, actor_id, root=self.root, kind="actor")
+        self._run_sub = run_sub
+        self.lock = threading.Lock()  # the fields below, and journal appends
+        self.wake = threading.Condition(self.lock)  # a call was queued for the runner
+        self.exec_lock = threading.RLock()  # one method body at a time: calls and chained calls
+        self.lease: Lease | None = None
+        self.state = state  # last committed
+        self.staged = state  # after the last call run here (committed or about to be)
+        self.instance: Any = None  # the owner's live instance (None: build from self.state)
+        self.next_seq = 0
+        self.pending: dict[int, _Pending] = {}
+        self.subs: dict[str, tuple[Any, ...]] = {}  # chained calls of pending calls, by key
+        self.idem: dict[str, int] = {}  # idempotency key -> seq
+        self.recent: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.futures: dict[str, list[concurrent.futures.Future[Any]]] = {}  # call key -> waiters
+        self.key_of: dict[int, str] = {}  # seq -> key, for pending calls
+        self.running: tuple[int, str | None] | None = None  # (seq, sub-workflow id) of the call in hand
+        self._aliases: dict[str, int] = {}  # repeated idempotent call key -> the call answering it
+        self._runner: threading.Thread | None = None
+        self._follower: threading.Thread | None = None
+        self._stopped = False
+
+    # -- following the journal --------------------------------------------------------------------
+    def _apply(self, rec: tuple[Any, ...]) -> None:
+        kind = rec[0]
+        if kind == "call":
+            call = _Pending(rec)
+            self.pending[call.seq] = call
+            self.key_of[call.seq] = call.key
+            self.next_seq = max(self.next_seq, call.seq + 1)
+            if call.idem is not None:
+                self.idem[call.idem] = call.seq
+            self.recent[call.key] = None
+            if len(self.recent) > _RECENT_KEYS:
+                self.recent.popitem(last=False)
+        elif kind == "alias":  # a repeated idempotent call, answered by an earlier one
+            _, key, seq = rec
+            self.recent[key] = None
+            self._settle_alias(key, seq)
+        elif kind == "cont":
+            _, seq, state, sub_id, _t = rec
+            if state is not None:
+                self.state = state
+            if seq in self.pending:
+                self.pending[seq].sub_id = sub_id
+        elif kind == "sub":
+            _, _seq, sub_key, _k, _p, state, _s, _e = rec
+            if state is not None:
+                self.state = state
+            self.subs[sub_key] = rec
+        elif kind == "result":
+            _, seq, _ok, _payload, state, _s, _e = rec
+            if state is not None:
+                self.state = state
+            self.pending.pop(seq, None)
+            key = self.key_of.pop(seq, None)
+            if not self.pending:
+                self.subs.clear()
+            if key is not None:
+                self._settle(key, rec)
+            for other, s in list(self._aliases.items()):
+                if s == seq:
+                    del self._aliases[other]
+                    self._settle(other, rec)
+
+    def _settle_alias(self, key: str, seq: int) -> None:
+        if seq in self.pending:
+            self._aliases[key] = seq
+            return
+        if key in self.futures:
+            self._settle(key, self._find_result(seq))
+
+    def _settle(self, key: str, rec: tuple[Any, ...]) -> None:
+        waiters = self.futures.pop(key, None)
+        if not waiters:
+            return
+        outcome = self._outcome(rec)
+        for fut in waiters:
+            if fut.done():
+                continue
+            if isinstance(outcome, BaseException):
+                fut.set_exception(outcome)
+            else:
+                fut.set_result(outcome)
+
+    def _outcome(self, rec: tuple[Any, ...]) -> Any:
+        """The value of a result record, or the exception to raise for it."""
+        _, seq, ok, payload, _state, _s, _e = rec
+        if ok == "ok":
+            try:
+                return decode_value(payload, f"the result of call #{seq} of actor {self.actor_id!r}")
+            except Exception as e:
+                return e
+        exc_blob, tb = payload
+        return call_error(self.actor_id, seq, exc_blob, tb)
+
+    def _find_result(self, seq: int) -> tuple[Any, ...]:
+        """A finished call's result record, read back from the whole journal (rare path)."""
+        for rec in Journal(self.storage, self.actor_id, root=self.root, kind="actor").read(strict=False):
+            if rec[0] == "result" and rec[1] == seq:
+                return rec
+        raise CorruptCheckpointError(f"actor {self.actor_id!r} has no result for call #{seq}", path=self.journal.path)
+
+    def _follow(self) -> None:
+        """Read what others appended (caller holds ``lock``)."""
+        records = self.journal.read_new(owner=self.lease is not None)
+        for rec in records:
+            self._apply(rec)
+        if records:
+            # Another process ran calls: our instance, if any, is out of date.
+            self.instance = None
+            self.staged = self.state
+
+    def _inbox(self) -> list[str]:
+        return self.storage.children(f"{self.root}/inbox")
+
+    def _ingest(self) -> bool:
+        """Move inbox calls into the journal (owner, holding ``lock``); True if any were new."""
+        names = self._inbox()
+        if not names:
+            return False
+        added = False
+        for start in range(0, len(names), _INGEST_BATCH):
+            batch = names[start : start + _INGEST_BATCH]
+            records: list[tuple[Any, ...]] = []
+            seq = self.next_seq
+            for name in batch:
+                if name in self.recent:
+                    continue  # moved already by an owner that died before deleting it
+                raw = self.storage.get(f"{self.root}/inbox/{name}")
+                if raw is None:
+                    continue
+                try:
+                    key, idem, method, args, submitted = serialization.load_record(raw)
+                except Exception:
+                    log.error("actor %s: unreadable inbox entry %s skipped", self.actor_id, name)
+                    continue
+                if idem is not None and idem in self.idem:
+                    records.append(("alias", key, self.idem[idem]))
+                    continue
+                records.append(("call", seq, key, idem, method, args, submitted))
+                seq += 1
+            if records:
+                self.journal.append_owned(records)
+                for rec in records:
+                    self._apply(rec)
+                added = True
+            for name in batch:
+                self.storage.delete_prefix(f"{self.root}/inbox/{name}")
+        return added
+
+    # -- ownership --------------------------------------------------------------------------------
+    def _try_own(self) -> bool:
+        """Take the lease if free (caller holds ``lock``), catching up with the journal and inbox."""
+        if self.lease is not None:
+            return True
+        lease = self.storage.acquire_lease(f"{self.root}/lease", owner_info())
+        if lease is None:
+            return False
+        self.lease = lease
+        try:
+            self._follow()
+            self._ingest()
+        except BaseException:
+            self.lease = None
+            lease.release()
+            raise
+        if self.pending:
+            self._start_runner()
+        return True
+
+    def touch(self) -> None:
+        """Catch up; if calls are waiting and nobody runs them, run them (recovery)."""
+        with self.lock:
+            if self.lease is not None or self._stopped:
+                return
+            self._follow()
+            if self.pending or self._inbox():
+                self._try_own()
+                if self.lease is not None and not self.pending and self._runner is None:
+                    self._release()
+
+    def _release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+
+    def _start_runner(self) -> None:
+        if self._runner is None:
+            self._runner = threading.Thread(target=self._run, name=f"keelflow-actor-{self.actor_id}", daemon=True)
+            self._runner.start()
+
+    def _start_follower(self) -> None:
+        if self._follower is None:
+            self._follower = threading.Thread(
+                target=self._wait, name=f"keelflow-actor-wait-{self.actor_id}", daemon=True
+            )
+            self._follower.start()
+
+    # -- calls ------------------------------------------------------------------------------------
+    def submit(
+        self, method: str, args: tuple[bytes, dict[str, Any]], idem: str | None = None, here: bool = False
+    ) -> concurrent.futures.Future[Any]:
+        """Queue a mutating call; durable when this returns. The future gets its result.
+
+        With ``here`` (a caller about to wait anyway), a call this process can run at once
+        runs on the calling thread rather than being handed to a runner thread.
+        """
+        running = current_actor.get()
+        if here and running is not None and running[0] is self:
+            raise KeelflowError(
+                f"a method of actor {self.actor_id!r} cannot wait for another call of the same actor: that "
+                "call runs after this one. Call the method directly (self.method(...)), chain it "
+                "(return self.method.step(...)), or use run_async without waiting"
+            )
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        key = _next_key()
+        run_here = False
+        with self.lock:
+            if self._stopped:
+                raise RuntimeError("keelflow was shut down")
+            self._try_own()
+            if self.lease is not None:
+                if idem is not None and idem in self.idem:
+                    seq = self.idem[idem]
+                    self.futures.setdefault(self.key_of.get(seq, key), []).append(fut)
+                    if seq not in self.pending:
+                        self._settle(key, self._find_result(seq))
+                    return fut
+                rec = ("call", self.next_seq, key, idem, method, args, time.time())
+                self.journal.append_owned([rec])
+                self.futures.setdefault(key, []).append(fut)
+                self._apply(rec)
+                if here and self._runner is None and len(self.pending) == 1:
+                    self._runner = threading.current_thread()
+                    run_here = True
+                else:
+                    self._start_runner()
+                    self.wake.notify()
+            else:
+                entry = serialization.dump_record((key, idem, method, args, time.time()))
+                self.storage.put(f"{self.root}/inbox/{key}", entry)
+                self.futures.setdefault(key, []).append(fut)
+                self._start_follower()
+        if run_here:
+            self._run(until=fut)
+        return fut
+
+    def _wait(self) -> None:
+        """Follower: until our inbox calls have results, follow the journal or take over."""
+        delay = 0.001
+        while True:
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+            with self.lock:
+                if not self.futures or self._stopped:
+                    self._follower = None
+                    return
+                if self.lease is not None:
+                    self._follower = None
+                    return  # we own it now; the runner settles the futures
+                try:
+                    if self._try_own():
+                        self._follower = None
+                        return
+                    self._follow()
+                except Exception as e:
+                    log.exception("actor %s: cannot follow its journal", self.actor_id)
+                    for waiters in self.futures.values():
+                        for fut in waiters:
+                            if not fut.done():
+                                fut.set_exception(e)
+                    self.futures.clear()
+                    self._follower = None
+                    return
+
+    def _run(self, until: concurrent.futures.Future[Any] | None = None) -> None:
+        """Owner: run queued calls in order, then give the lease up. With ``until`` (the
+        caller's own call, run on the caller's thread) stop once that call is done."""
+        lingered = False
+        while True:
+            with self.lock:
+                if self._stopped:
+                    self._runner = None
+                    self._release()
+                    return
+                try:
+                    if not self.pending:
+                        self._ingest()
+                    if until is not None and until.done() and self.pending:
+                        self._runner = None
+                        self._start_runner()  # the rest is not this caller's to wait for
+                        return
+                    if not self.pending and not lingered and until is None:
+                        # A caller issuing calls back to back is likely to send the next one
+                        # in a moment: keeping the lease that long saves a hand-over per call.
+                        lingered = True
+                        self.wake.wait(_LINGER)
+                        continue
+                    if not self.pending:
+                        self._runner = None
+                        self._release()
+                        if self.futures:
+                            self._start_follower()  # calls of ours still wait in someone's queue
+                        return
+                    batch = [self.pending[seq] for seq in sorted(self.pending)[:_RUN_BATCH]]
+                except Exception:
+                    log.exception("actor %s: cannot read its inbox", self.actor_id)
+                    self._runner = None
+                    self._release()
+                    return
+            lingered = False
+            try:
+                self._execute(batch)
+            except Exception:
+                # Storage failed under us: stop owning; the calls stay queued for recovery.
+                log.exception("actor %s: calls could not be recorded", self.actor_id)
+                with self.lock:
+                    self._runner = None
+                    self.instance = None
+                    self.staged = self.state
+                    self._release()
+                return
+
+    def _live(self) -> Any:
+        if self.instance is None:
+            self.instance = decode_instance(self.cls, self.staged)
+        return self.instance
+
+    def _commit(self, records: list[tuple[Any, ...]]) -> None:
+        """One durable append for ``records``; their callers hear back only after it."""
+        if not records:
+            return
+        with self.lock:
+            self.journal.append_owned(records)
+            for rec in records:
+                self._apply(rec)
+        records.clear()
+
+    def _new_state(self, inst: Any) -> tuple[str, bytes] | None:
+        """The state to record after a method ran (None when unchanged); staged as current."""
+        state = encode_state(self.actor_id, inst)
+        if state == self.staged:
+            return None
+        self.staged = state
+        if state[0] == "json":
+            # Rebuilt from what is stored, so the instance behaves the same before and after
+            # a restart (tuples become lists, keys strings).
+            self.instance = None
+        return state
+
+    def _failed(self, call: _Pending, exc: BaseException, start: float) -> tuple[Any, ...]:
+        self.instance = None  # drop the failed call's changes: back to the last good state
+        return ("result", call.seq, "err", _error_payload(exc), None, start, time.time())
+
+    def _execute(self, batch: list[_Pending]) -> None:
+        """Run ``batch`` in order. Results are committed together (one append), so a run of
+        queued calls costs one flush; a crash before it re-runs them all from the last
+        committed state, and nobody heard of their results."""
+        records: list[tuple[Any, ...]] = []
+        for call in batch:
+            start = time.time()
+            what = f"call #{call.seq} ({call.method}) of actor {self.actor_id!r}"
+            owned_by = {"actor": self.actor_id, "call": call.seq}
+            if call.sub_id is not None:
+                # Its method ran before a crash and returned a workflow: see that through.
+                self._commit(records)
+                self._await_sub(call, self._run_sub(None, call.sub_id, owned_by), start, what)
+                return
+            future = None
+            before = self.staged
+            with self.exec_lock:
+                token = current_actor.set((self, call.seq))
+                try:
+                    args, kwargs = decode_value(call.args, f"the arguments of {what}")
+                    result = getattr(self.cls, call.method)(self._live(), *args, **kwargs)
+                    if isinstance(result, Workflow):
+                        # The workflow's first record is durable before the call records that
+                        # it started one: a crash in between re-runs the method, which then
+                        # finds the workflow and goes on with it. Chained method steps wait
+                        # for exec_lock, so they see the state recorded here.
+                        state = self._new_state(self._live())
+                        self._commit(records)
+                        call.sub_id = f"{self.actor_id}.{call.method}.{call.seq}"
+                        future = self._run_sub(result, call.sub_id, owned_by)
+                        self._commit([("cont", call.seq, state, call.sub_id, time.time())])
+                    else:
+                        packed = encode_value(result, f"the result of {what}")
+                        state = self._new_state(self._live())
+                        records.append(("result", call.seq, "ok", packed, state, start, time.time()))
+                except Exception as exc:
+                    self.staged = before
+                    records.append(self._failed(call, exc, start))
+                    call.sub_id = None
+                finally:
+                    current_actor.reset(token)
+            if future is not None:
+                self._await_sub(call, future, start, what)
+                return
+        self._commit(records)
+
+    def _await_sub(self, call: _Pending, future: Any, start: float, what: str) -> None:
+        self.running = (call.seq, call.sub_id)
+        record: tuple[Any, ...]
+        try:
+            value = future.result()
+            record = ("result", call.seq, "ok", encode_value(value, f"the result of {what}"), None, start, time.time())
+        except Exception as exc:
+            # The workflow's steps are not undone: state its chained calls recorded stays.
+            record = ("result", call.seq, "err", _error_payload(exc), None, start, time.time())
+        finally:
+            self.running = None
+        self._commit([record])
+
+    def chained(self, sub_key: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A ``self.method.step(...)`` node of the running call's sub-workflow: runs now, in
+        the call, with its state change recorded (once: a re-run returns what was recorded)."""
+        with self.exec_lock:
+            done = self.subs.get(sub_key)
+            seq = self.running[0] if self.running else -1
+            if done is None:
+                start = time.time()
+                before = self.staged
+                what = f"{method} (in call #{seq} of actor {self.actor_id!r})"
+                token = current_actor.set((self, seq))
+                try:
+                    result = getattr(self.cls, method)(self._live(), *args, **kwargs)
+                    if isinstance(result, Workflow):
+                        kind, payload = "cont", flatten(result, what=f"the workflow returned by {what}").to_record()
+                    else:
+                        kind, payload = "ok", encode_value(result, f"the result of {what}")
+                    state = self._new_state(self._live())
+                except Exception as exc:
+                    self.instance = None
+                    self.staged = before
+                    kind, payload, state = "err", _error_payload(exc), None
+                finally:
+                    current_actor.reset(token)
+                done = ("sub", seq, sub_key, kind, payload, state, start, time.time())
+                self._commit([done])
+        _, _, _, kind, payload, _, _, _ = done
+        if kind == "cont":
+            return SubDag.from_record(payload)
+        if kind == "ok":
+            return decode_value(payload, f"the result of {method}")
+        exc_blob, _tb = payload
+        raise serialization.decode(exc_blob, what="an actor method's error")
+
+    def in_call(self, workflow_id: str | None) -> bool:
+        """Whether a call of this actor, run here, is waiting on workflow ``workflow_id``."""
+        running = self.running
+        return running is not None and workflow_id is not None and running[1] == workflow_id
+
+    # -- read-only calls --------------------------------------------------------------------------
+    def committed(self) -> tuple[str, bytes]:
+        """The last committed state, caught up with other processes."""
+        with self.lock:
+            if self.lease is None:
+                self._follow()
+                if self.pending and not self._stopped and self._try_own():
+                    pass  # calls left by a dead owner: they run now
+            return self.state
+
+    def stop(self) -> None:
+        """Stop running calls after the one in hand (queued ones stay for the next owner)."""
+        with self.lock:
+            self._stopped = True
+            runner = self._runner
+            if runner is None:
+                self._release()
+        if runner is not None and runner is not threading.current_thread():
+            runner.join(5)
+        with self.lock:
+            self._release()
+            for waiters in self.futures.values():
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_exception(
+                            RuntimeError(f"keelflow was shut down; actor {self.actor_id!r} calls stay queued")
+                        )
+            self.futures.clear()
+
+
+def _error_payload(exc: BaseException) -> tuple[bytes, str]:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return cloudpickle.dumps(portable(exc)), tb
+
+
+def call_error(actor_id: str, seq: int, exc_blob: bytes, tb: str) -> WorkflowExecutionError:
+    try:
+        cause = serialization.decode(exc_blob, what=f"the error of call #{seq} of actor {actor_id!r}")
+    except SerializationError as e:
+        cause = e
+    err = WorkflowExecutionError(
+        f"call #{seq} of actor {actor_id!r} failed: {type(cause).__name__}: {cause}", workflow_id=actor_id, traceback=tb
+    )
+    err.__cause__ = cause
+    return err
+
+
+def not_found(actor_id: str) -> ActorNotFoundError:
+    return ActorNotFoundError(f"no actor {actor_id!r} in this storage; create it with get_or_create", actor_id=actor_id)
