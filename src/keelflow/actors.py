@@ -173,7 +173,7 @@ def _run_sub(node: Workflow[Any] | None, sub_id: str, owned_by: dict[str, Any]) 
             raise
         return api.run_workflow(node, sub_id, None, owned_by)
     if status == api.WorkflowStatus.RESUMABLE:
-        return api.resume_async(sub_id)
+        return api.resume_owned(sub_id)
     return api.get_output_async(sub_id)
 
 
@@ -242,9 +242,8 @@ class ActorHandle:
         methods = _methods(self._cls)
         method = methods.get(name)
         if method is None:
-            raise AttributeError(
-                f"actor class {self._cls.__qualname__} has no method {name!r} (its methods: {', '.join(sorted(methods))})"
-            )
+            known = ", ".join(sorted(methods))
+            raise AttributeError(f"actor class {self._cls.__qualname__} has no method {name!r} (its methods: {known})")
         return ActorMethod(self._actor_id, self._cls, name, method)
 
     def __reduce__(self) -> Any:

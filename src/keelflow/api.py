@@ -280,6 +280,20 @@ def resume_async(workflow_id: str) -> FutureRef[Any]:
     """Continue a failed or interrupted workflow from where it stopped; a ref to its output."""
     rt = _runtime()
     wid = validate_id(workflow_id)
+    owner = (read_status(rt.storage, wid) or {}).get("owned_by") or {}
+    if owner.get("actor") is not None and rt.local_run(wid) is None:
+        # Run by an actor call: the actor goes on with that call (which resumes this
+        # workflow) when touched; resuming it alone would leave the call waiting.
+        from .actors import get_actor
+
+        get_actor(owner["actor"])
+        return get_output_async(wid)
+    return resume_owned(wid)
+
+
+def resume_owned(wid: str) -> FutureRef[Any]:
+    """:func:`resume_async` itself, for the owner of the workflow (an actor's call)."""
+    rt = _runtime()
     if rt.local_run(wid) is not None:
         raise WorkflowRunningError(workflow_id=wid)
     lease = rt.storage.acquire_lease(lease_key(wid), owner_info())
