@@ -27,10 +27,10 @@ from .engine.actor import (
     encode_value,
     meta_record,
     not_found,
+    read_journals,
     read_meta,
     state_value,
 )
-from .engine.journal import Journal
 from .errors import KeelflowError, SerializationError, WorkflowNotFoundError, WorkflowRunningError
 from .objects import FutureRef, ObjectRef, current_step, current_workflow, get
 from .step import StepFunction, StepOptions, Workflow, _code_fingerprint
@@ -394,7 +394,7 @@ def _records(actor_id: str) -> tuple[dict[str, Any], tuple[str, bytes], list[tup
     if meta is None:
         raise not_found(actor_id)
     header, _blob, state = meta
-    records = Journal(rt.storage, actor_id, root=actor_root(actor_id), kind="actor").read(strict=False)
+    records = read_journals(rt.storage, actor_id)
     inbox = []
     for name in rt.storage.children(f"{actor_root(actor_id)}/inbox"):
         raw = rt.storage.get(f"{actor_root(actor_id)}/inbox/{name}")
@@ -414,9 +414,19 @@ def list_actor_calls(actor_id: str, status: str | None = None) -> list[dict[str,
     rt = api._runtime()
     running = rt.storage.lease_held(f"{actor_root(actor_id)}/lease")
     calls: dict[int, dict[str, Any]] = {}
-    for rec in records:
+
+    def expand(records: list[tuple[Any, ...]]) -> Any:
+        for rec in records:
+            if rec[0] == "snapshot":  # calls still queued when a new generation began
+                yield from rec[1]["pending"]
+                for seq, sub_id in rec[1]["conts"].items():
+                    yield ("cont", seq, None, sub_id, None)
+            else:
+                yield rec
+
+    for rec in expand(records):
         kind = rec[0]
-        if kind == "call":
+        if kind == "call" and rec[1] not in calls:
             _, seq, _key, _idem, method, _args, submitted = rec
             calls[seq] = {
                 "seq": seq,
@@ -470,14 +480,19 @@ def get_actor_metadata(actor_id: str) -> dict[str, Any]:
     last = None
     pending: set[int] = set()
     for rec in records:
-        if rec[0] == "call":
-            calls += 1
+        kind = rec[0]
+        if kind == "snapshot":  # sums up everything before it
+            info = rec[1]
+            state, calls, failed = info["state"], info["seq"], info["failed"]
+            pending = {c[1] for c in info["pending"]}
+        elif kind == "call":
+            calls = max(calls, rec[1] + 1)
             pending.add(rec[1])
-        elif rec[0] in ("cont", "sub", "result"):
-            new_state = rec[2] if rec[0] == "cont" else rec[5] if rec[0] == "sub" else rec[4]
+        elif kind in ("cont", "sub", "result"):
+            new_state = rec[2] if kind == "cont" else rec[5] if kind == "sub" else rec[4]
             if new_state is not None:
                 state = new_state
-            if rec[0] == "result":
+            if kind == "result":
                 pending.discard(rec[1])
                 failed += rec[2] != "ok"
                 last = rec[6]
@@ -515,18 +530,16 @@ def delete_actor(actor_id: str) -> None:
     try:
         if read_meta(rt.storage, actor_id) is None:
             raise not_found(actor_id)
-        records = Journal(rt.storage, actor_id, root=actor_root(actor_id), kind="actor").read(strict=False)
-        for rec in records:
+        for rec in read_journals(rt.storage, actor_id):
             if rec[0] == "cont":
                 try:
                     api.delete(rec[3])
                 except WorkflowNotFoundError:
                     pass
+        # The record saying it exists goes first, so a crash part way leaves no half actor.
         rt.storage.delete_prefix(f"{ACTORS}/{actor_id}/meta")
-        rt.storage.delete_prefix(f"{ACTORS}/{actor_id}/journal")
-        rt.storage.delete_prefix(f"{ACTORS}/{actor_id}/journal.d")
-        rt.storage.delete_prefix(f"{ACTORS}/{actor_id}/inbox")
-        rt.storage.delete_prefix(f"{ACTORS}/{actor_id}/blobs")
+        for leaf in ("journal", "journal.d", "gen", "inbox"):
+            rt.storage.delete_prefix(f"{ACTORS}/{actor_id}/{leaf}")
     finally:
         lease.release()
     rt.storage.delete_prefix(f"{ACTORS}/{actor_id}")

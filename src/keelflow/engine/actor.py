@@ -43,6 +43,7 @@ from ..errors import (
     CorruptCheckpointError,
     KeelflowError,
     SerializationError,
+    StorageError,
     WorkflowExecutionError,
 )
 from ..objects import ObjectRef
@@ -64,6 +65,9 @@ _INGEST_BATCH = 512
 _RUN_BATCH = 64
 #: How long an idle runner keeps the lease, waiting for the next call.
 _LINGER = 0.002
+#: Once a journal generation holds this much, the owner starts the next with a snapshot (and
+#: drops the one before the current): first reads stay short however long an actor lives.
+ROTATE_BYTES = 16 << 20
 #: Keys of recent calls remembered, to skip an inbox entry a crashed owner had already moved.
 _RECENT_KEYS = 100_000
 
@@ -87,6 +91,37 @@ def _next_key() -> str:
 
 def actor_root(actor_id: str) -> str:
     return f"{ACTORS}/{actor_id}"
+
+
+def _generation_root(actor_id: str, gen: int) -> str:
+    # Generation 0 is the journal the actor starts with; later ones begin with a snapshot.
+    return actor_root(actor_id) if gen == 0 else f"{actor_root(actor_id)}/gen/{gen:08d}"
+
+
+def _newest_generation(storage: Storage, actor_id: str) -> int:
+    names = storage.children(f"{actor_root(actor_id)}/gen")
+    return max((int(n) for n in names if n.isdigit()), default=0)
+
+
+def generation_journal(storage: Storage, actor_id: str, gen: int) -> Journal:
+    return Journal(storage, actor_id, root=_generation_root(actor_id, gen), kind="actor")
+
+
+def read_journals(storage: Storage, actor_id: str) -> list[tuple[Any, ...]]:
+    """The records of the generations kept (the one before the newest, and the newest)."""
+    newest = _newest_generation(storage, actor_id)
+    records: list[tuple[Any, ...]] = []
+    for gen in range(max(0, newest - 1), newest + 1):
+        records.extend(generation_journal(storage, actor_id, gen).read(strict=False))
+    return records
+
+
+def _drop_generation(storage: Storage, actor_id: str, gen: int) -> None:
+    if gen == 0:
+        for leaf in ("journal", "journal.d"):
+            storage.delete_prefix(f"{actor_root(actor_id)}/{leaf}")
+    else:
+        storage.delete_prefix(_generation_root(actor_id, gen))
 
 
 # -- state ----------------------------------------------------------------------------------------
@@ -232,7 +267,9 @@ class ActorHost:
         self.actor_id = actor_id
         self.cls = cls
         self.root = actor_root(actor_id)
-        self.journal = Journal(storage, actor_id, root=self.root, kind="actor")
+        self.gen = _newest_generation(storage, actor_id)
+        self.journal = generation_journal(storage, actor_id, self.gen)
+        self.failed = 0  # calls that raised, over the actor's life
         self._run_sub = run_sub
         self.lock = threading.Lock()  # the fields below, and journal appends
         self.wake = threading.Condition(self.lock)  # a call was queued for the runner
@@ -283,7 +320,8 @@ class ActorHost:
                 self.state = state
             self.subs[sub_key] = rec
         elif kind == "result":
-            _, seq, _ok, _payload, state, _s, _e = rec
+            _, seq, ok, _payload, state, _s, _e = rec
+            self.failed += ok != "ok"
             if state is not None:
                 self.state = state
             self.pending.pop(seq, None)
@@ -296,6 +334,59 @@ class ActorHost:
                 if s == seq:
                     del self._aliases[other]
                     self._settle(other, rec)
+
+        elif kind == "snapshot":
+            self._apply_snapshot(rec[1])
+
+    def _snapshot(self) -> dict[str, Any]:
+        """Everything a new generation starts from (owner, between calls)."""
+        return {
+            "seq": self.next_seq,
+            "state": self.state,
+            "failed": self.failed,
+            "pending": [("call", c.seq, c.key, c.idem, c.method, c.args, c.submitted) for c in self.pending.values()],
+            "conts": {c.seq: c.sub_id for c in self.pending.values() if c.sub_id is not None},
+            "subs": list(self.subs.values()),
+            "idem": dict(self.idem),
+            "time": time.time(),
+        }
+
+    def _apply_snapshot(self, info: dict[str, Any]) -> None:
+        known = dict(self.key_of)
+        self.state = info["state"]
+        self.failed = info["failed"]
+        self.pending, self.key_of = {}, {}
+        for rec in info["pending"]:
+            self._apply(rec)
+        for seq, sub_id in info["conts"].items():
+            self.pending[seq].sub_id = sub_id
+        self.subs = {rec[2]: rec for rec in info["subs"]}
+        self.idem.update(info["idem"])
+        self.next_seq = max(self.next_seq, info["seq"])
+        # Calls we saw queued that finished in a generation we did not read to its end.
+        for seq, key in known.items():
+            if seq not in self.pending and key in self.futures:
+                try:
+                    self._settle(key, self._find_result(seq))
+                except CorruptCheckpointError as e:
+                    for fut in self.futures.pop(key, []):
+                        fut.set_exception(e)
+
+    def _maybe_rotate(self) -> None:
+        """Owner, holding ``lock``, between calls: start a new generation if this one is big."""
+        if self.journal.size < ROTATE_BYTES:
+            return
+        gen = self.gen + 1
+        journal = generation_journal(self.storage, self.actor_id, gen)
+        if not journal.start([("snapshot", self._snapshot())]):
+            raise StorageError(
+                f"journal generation {gen} of actor {self.actor_id!r} exists already: two processes run its calls",
+                path=journal.path,
+            )
+        old, self.gen, self.journal = self.gen, gen, journal
+        if old > 0:
+            _drop_generation(self.storage, self.actor_id, old - 1)
+        log.info("actor %s: journal generation %d started", self.actor_id, gen)
 
     def _settle_alias(self, key: str, seq: int) -> None:
         if seq in self.pending:
@@ -329,17 +420,29 @@ class ActorHost:
         return call_error(self.actor_id, seq, exc_blob, tb)
 
     def _find_result(self, seq: int) -> tuple[Any, ...]:
-        """A finished call's result record, read back from the whole journal (rare path)."""
-        for rec in Journal(self.storage, self.actor_id, root=self.root, kind="actor").read(strict=False):
+        """A finished call's result record, read back from the journals kept (rare path)."""
+        for rec in read_journals(self.storage, self.actor_id):
             if rec[0] == "result" and rec[1] == seq:
                 return rec
-        raise CorruptCheckpointError(f"actor {self.actor_id!r} has no result for call #{seq}", path=self.journal.path)
+        raise CorruptCheckpointError(
+            f"actor {self.actor_id!r} no longer stores the result of call #{seq} (compacted away)",
+            path=self.journal.path,
+        )
 
     def _follow(self) -> None:
-        """Read what others appended (caller holds ``lock``)."""
-        records = self.journal.read_new(owner=self.lease is not None)
+        """Read what others appended (caller holds ``lock``), into newer generations too."""
+        owner = self.lease is not None
+        records = self.journal.read_new(owner=owner)
         for rec in records:
             self._apply(rec)
+        newest = _newest_generation(self.storage, self.actor_id)
+        while newest > self.gen:
+            self.gen += 1
+            self.journal = generation_journal(self.storage, self.actor_id, self.gen)
+            more = self.journal.read_new(owner=owner and self.gen == newest)
+            for rec in more:
+                self._apply(rec)
+            records.extend(more)
         if records:
             # Another process ran calls: our instance, if any, is out of date.
             self.instance = None
@@ -406,13 +509,15 @@ class ActorHost:
     def touch(self) -> None:
         """Catch up; if calls are waiting and nobody runs them, run them (recovery)."""
         with self.lock:
-            if self.lease is not None or self._stopped:
-                return
-            self._follow()
-            if self.pending or self._inbox():
-                self._try_own()
-                if self.lease is not None and not self.pending and self._runner is None:
-                    self._release()
+            if self.lease is None and not self._stopped:
+                self._follow()
+                if self.pending or self._inbox():
+                    self._recover()
+
+    def _recover(self) -> None:
+        """Run calls a dead owner left, if the lease is free (caller holds ``lock``)."""
+        if self._try_own() and not self.pending and self._runner is None:
+            self._release()  # nothing to run after all: hold nothing
 
     def _release(self) -> None:
         if self.lease is not None:
@@ -537,6 +642,7 @@ class ActorHost:
                         if self.futures:
                             self._start_follower()  # calls of ours still wait in someone's queue
                         return
+                    self._maybe_rotate()
                     batch = [self.pending[seq] for seq in sorted(self.pending)[:_RUN_BATCH]]
                 except Exception:
                     log.exception("actor %s: cannot read its inbox", self.actor_id)
@@ -691,8 +797,8 @@ class ActorHost:
         with self.lock:
             if self.lease is None:
                 self._follow()
-                if self.pending and not self._stopped and self._try_own():
-                    pass  # calls left by a dead owner: they run now
+                if self.pending and not self._stopped:
+                    self._recover()  # calls queued in the journal and nobody running them
             return self.state
 
     def stop(self) -> None:

@@ -83,6 +83,8 @@ class Journal:
         self._next_segment: int | None = None
         # Where read_new() goes on: a byte offset, or the next segment number.
         self._cursor = 0
+        #: Bytes read or written through read_new()/append_owned()/start() (a size hint).
+        self.size = 0
         self._blobs: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._blob_bytes = 0
 
@@ -208,6 +210,7 @@ class Journal:
                     )
                 records.extend(self._load(p, self.storage.location(key)) for p in payloads)
                 self._cursor = seq + 1
+                self.size += len(data)
             self._next_segment = self._cursor
             return records
         data = self.storage.read_from(self.key, self._cursor)
@@ -226,6 +229,7 @@ class Journal:
             whole = self.storage.get(self.key) or b""
             self.storage.put(self.key, whole[: self._cursor + end])
         self._cursor += end
+        self.size += end
         return records
 
     def _load(self, payload: memoryview, location: str) -> tuple[Any, ...]:
@@ -245,6 +249,20 @@ class Journal:
         else:
             self.storage.append(self.key, data)
             self._cursor += len(data)
+        self.size += len(data)
+
+    def start(self, records: list[tuple[Any, ...]]) -> bool:
+        """Create the journal holding ``records``, atomically; False if it exists already."""
+        data = b"".join(serialization.frame(serialization.dump_record(r)) for r in records)
+        key = f"{self.key}/{0:012d}" if self.segmented else self.key
+        if not self.storage.put_if_absent(key, data):
+            return False
+        if self.segmented:
+            self._next_segment = self._cursor = 1
+        else:
+            self._cursor = len(data)
+        self.size = len(data)
+        return True
 
     # -- large values ---------------------------------------------------------------------------
     def spill(self, data: bytes) -> Any:
