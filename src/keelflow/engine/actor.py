@@ -141,10 +141,16 @@ def encode_state(actor_id: str, inst: Any) -> tuple[str, bytes]:
                 f"cannot serialize the state of actor {actor_id!r}: {cls.__qualname__}.__getstate__ returned "
                 f"a {type(value).__name__} that cannot be pickled ({type(e).__name__}: {e})"
             ) from e
+    attrs = getattr(inst, "__dict__", None)
+    if attrs is None:
+        raise SerializationError(
+            f"actor {actor_id!r}: {cls.__qualname__} instances have no __dict__ (__slots__?); define "
+            "__getstate__ and __setstate__ to say what its state is"
+        )
     try:
-        return ("json", json.dumps(vars(inst), allow_nan=False).encode())
+        return ("json", json.dumps(attrs, allow_nan=False).encode())
     except (TypeError, ValueError) as e:
-        bad = _first_non_json(vars(inst))
+        bad = _first_non_json(attrs)
         raise SerializationError(
             f"the state of actor {actor_id!r} is not JSON-serializable{bad}; keep JSON values in its "
             f"attributes, or define {cls.__qualname__}.__getstate__ and __setstate__ to store any picklable value"
