@@ -217,9 +217,14 @@ def _get_or_create(cls: type, actor_id: str, *args: Any, **kwargs: Any) -> Actor
     return ActorHandle(actor_id, cls)
 
 
-def get_actor(actor_id: str) -> ActorHandle:
-    """A handle to an existing actor, from any process that can reach the storage."""
-    api.validate_id(actor_id, "actor id")
+def get_actor(actor_id: str | None = None, *, workflow_id: str | None = None) -> ActorHandle:
+    """A handle to an existing actor, from any process that can reach the storage.
+
+    ``workflow_id=`` is the seeds' name for the same id (an actor was a workflow there).
+    """
+    if (actor_id is None) == (workflow_id is None):
+        raise TypeError("get_actor takes one actor id: get_actor(actor_id) or get_actor(workflow_id=...)")
+    actor_id = api.validate_id(actor_id if actor_id is not None else workflow_id, "actor id")
     host = _host(actor_id)
     host.touch()
     return ActorHandle(actor_id, host.cls)
@@ -450,8 +455,8 @@ def list_actor_calls(actor_id: str, status: str | None = None) -> list[dict[str,
                 info["error"] = f"{type(err.__cause__).__name__}: {err.__cause__}"
     out = list(calls.values())
     queued = [c for c in out if c["status"] == "QUEUED"]
-    if running and queued:
-        queued[0]["status"] = "RUNNING"
+    if running and queued and not any(c["status"] == "RUNNING" for c in out):
+        queued[0]["status"] = "RUNNING"  # the owner is alive, so its first queued call runs
     for _key, _idem, method, _args, submitted in inbox:
         out.append(
             {

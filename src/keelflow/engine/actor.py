@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextvars
+import functools
 import json
 import logging
 import os
@@ -61,8 +62,10 @@ log = logging.getLogger("keelflow")
 ACTORS = "actors"
 #: Inbox entries moved into the journal per batch (bounds one append).
 _INGEST_BATCH = 512
-#: Queued calls run before their results are committed together.
+#: Queued calls run before their results are committed together: at most this many, and only
+#: while they keep finishing within the window.
 _RUN_BATCH = 64
+_BATCH_WINDOW = 0.002
 #: How long an idle runner keeps the lease, waiting for the next call.
 _LINGER = 0.002
 #: Once a journal generation holds this much, the owner starts the next with a snapshot (and
@@ -704,14 +707,20 @@ class ActorHost:
         queued calls costs one flush; a crash before it re-runs them all from the last
         committed state, and nobody heard of their results."""
         records: list[tuple[Any, ...]] = []
+        window = time.monotonic()
         for call in batch:
+            if records and time.monotonic() - window > _BATCH_WINDOW:
+                # Slow calls are committed one by one: after a crash, only calls run in the
+                # last couple of milliseconds run again (their effects outside the state too).
+                self._commit(records)
+                window = time.monotonic()
             start = time.time()
             what = f"call #{call.seq} ({call.method}) of actor {self.actor_id!r}"
             owned_by = {"actor": self.actor_id, "call": call.seq}
             if call.sub_id is not None:
                 # Its method ran before a crash and returned a workflow: see that through.
                 self._commit(records)
-                self._await_sub(call, self._run_sub(None, call.sub_id, owned_by), start, what)
+                self._await_sub(call, functools.partial(self._run_sub, None, call.sub_id, owned_by), start, what)
                 return
             future = None
             before = self.staged
@@ -728,6 +737,8 @@ class ActorHost:
                         state = self._new_state(self._live())
                         self._commit(records)
                         call.sub_id = f"{self.actor_id}.{call.method}.{call.seq}"
+                        # Before the workflow starts: its chained method steps look for it.
+                        self.running = (call.seq, call.sub_id)
                         future = self._run_sub(result, call.sub_id, owned_by)
                         self._commit([("cont", call.seq, state, call.sub_id, time.time())])
                     else:
@@ -736,20 +747,22 @@ class ActorHost:
                         records.append(("result", call.seq, "ok", packed, state, start, time.time()))
                 except Exception as exc:
                     self.staged = before
+                    self.running = None
                     records.append(self._failed(call, exc, start))
                     call.sub_id = None
                 finally:
                     current_actor.reset(token)
             if future is not None:
-                self._await_sub(call, future, start, what)
+                self._await_sub(call, functools.partial(_same, future), start, what)
                 return
         self._commit(records)
 
-    def _await_sub(self, call: _Pending, future: Any, start: float, what: str) -> None:
+    def _await_sub(self, call: _Pending, begin: Callable[[], Any], start: float, what: str) -> None:
+        """Wait for the workflow of ``call`` (``begin`` starts or finds it) and record its end."""
         self.running = (call.seq, call.sub_id)
         record: tuple[Any, ...]
         try:
-            value = future.result()
+            value = begin().result()
             record = ("result", call.seq, "ok", encode_value(value, f"the result of {what}"), None, start, time.time())
         except Exception as exc:
             # The workflow's steps are not undone: state its chained calls recorded stays.
@@ -825,6 +838,10 @@ class ActorHost:
                             RuntimeError(f"keelflow was shut down; actor {self.actor_id!r} calls stay queued")
                         )
             self.futures.clear()
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _error_payload(exc: BaseException) -> tuple[bytes, str]:
