@@ -801,3 +801,26 @@ def test_actor_handles_passed_into_steps(kf):
     assert c.value.run() == 9
     wait_until(lambda: idle("shared"), what="the actor to go idle")
     assert [x["status"] for x in kf.list_actor_calls("shared")] == ["SUCCESSFUL"] * 5
+
+
+@workflow.virtual_actor
+class Direct:
+    def __init__(self):
+        self.v = 0
+
+    def direct(self, x):
+        # The returned workflow is nothing but a chained method step: it must run inside
+        # this call, not queue behind it.
+        return self.update.step(x)
+
+    def update(self, x):
+        self.v += x
+        return self.v
+
+
+def test_a_method_returning_only_a_chained_step_never_waits_on_itself(storage):
+    workflow.init(storage, executor="thread")
+    for i in range(40):
+        handle = Direct.get_or_create(f"direct-{i}")
+        assert handle.direct.run_async(2).result(timeout=30) == 2
+        assert handle.direct.run_async(3).result(timeout=30) == 5
