@@ -824,3 +824,31 @@ def test_a_method_returning_only_a_chained_step_never_waits_on_itself(storage):
         handle = Direct.get_or_create(f"direct-{i}")
         assert handle.direct.run_async(2).result(timeout=30) == 2
         assert handle.direct.run_async(3).result(timeout=30) == 5
+
+
+@workflow.step
+def call_back(actor_id):
+    return workflow.get_actor(actor_id).bump.run()
+
+
+@workflow.virtual_actor
+class SelfCaller:
+    def __init__(self):
+        self.n = 0
+
+    def bump(self):
+        self.n += 1
+        return self.n
+
+    def via_step(self):
+        # A step of this call's own workflow waiting for another call of the same actor
+        # would wait forever; keelflow refuses it with an explanation instead.
+        return call_back.step("self-caller")
+
+
+def test_a_step_inside_a_call_cannot_wait_for_its_own_actor(kf):
+    handle = SelfCaller.get_or_create("self-caller")
+    with pytest.raises(workflow.WorkflowExecutionError) as info:
+        handle.via_step.run_async().result(timeout=60)
+    assert "Chain it instead" in str(info.value)
+    assert handle.bump.run() == 1  # the refused call changed nothing; the actor goes on

@@ -31,6 +31,7 @@ from .engine.actor import (
     read_meta,
     state_value,
 )
+from .engine.journal import read_status
 from .errors import KeelflowError, SerializationError, WorkflowNotFoundError, WorkflowRunningError
 from .objects import FutureRef, ObjectRef, current_step, current_workflow, get
 from .step import StepFunction, StepOptions, Workflow, _code_fingerprint
@@ -278,6 +279,21 @@ def _reader_pool() -> concurrent.futures.ThreadPoolExecutor:
         return _readers
 
 
+def _refuse_waiting_on_itself(actor_id: str, qualname: str) -> None:
+    """A step of the workflow an actor call returned cannot wait for another call of that
+    actor: the call runs after the one waiting for the step. Say so instead of hanging."""
+    workflow_id = current_workflow.get()
+    if workflow_id is None:
+        return
+    owner = (read_status(api._runtime().storage, workflow_id) or {}).get("owned_by") or {}
+    if owner.get("actor") == actor_id:
+        raise KeelflowError(
+            f"a step of workflow {workflow_id!r}, which runs inside call #{owner.get('call')} of actor "
+            f"{actor_id!r}, cannot wait for another call of it ({qualname}): that call would run after "
+            "this one ends. Chain it instead: return self.method.step(...) from the actor method"
+        )
+
+
 class ActorMethod:
     """One method of one actor."""
 
@@ -297,6 +313,7 @@ class ActorMethod:
             self._method.bind(self._qualname, args, kwargs)
             args, kwargs = _resolve_top(args, kwargs)
             return _read(_host(self._actor_id, self._cls), self._name, args, kwargs)
+        _refuse_waiting_on_itself(self._actor_id, self._qualname)
         return self._submit(args, kwargs, here=True).result()
 
     def run_async(self, *args: Any, **kwargs: Any) -> FutureRef[Any]:
