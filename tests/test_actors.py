@@ -562,19 +562,16 @@ def test_invalid_actor_ids(wf, bad):
 
 
 def _serialization_error(exc: BaseException) -> workflow.SerializationError:
-    """The SerializationError raised, directly or as the failed call's cause."""
-    if isinstance(exc, workflow.SerializationError):
-        return exc
-    assert isinstance(exc, workflow.WorkflowExecutionError), exc
-    assert isinstance(exc.__cause__, workflow.SerializationError), exc.__cause__
-    return exc.__cause__
+    """A state that cannot be stored fails the call with SerializationError (SPEC §5)."""
+    assert isinstance(exc, workflow.SerializationError), exc
+    return exc
 
 
 def test_non_json_state_without_getstate_fails_the_call_and_keeps_the_last_good_state(wf):
     f = Faulty.get_or_create("faulty", 1)
     assert f.incr.run() == 2
 
-    with pytest.raises((workflow.SerializationError, workflow.WorkflowExecutionError)) as info:
+    with pytest.raises(workflow.SerializationError) as info:
         f.bad_state.run()
     err = _serialization_error(info.value)
     assert "'thing'" in str(err)
@@ -587,7 +584,7 @@ def test_non_json_state_without_getstate_fails_the_call_and_keeps_the_last_good_
     # The same through run_async, with a call queued behind it.
     bad = f.bad_state.run_async()
     after = f.incr.run_async(10)
-    with pytest.raises((workflow.SerializationError, workflow.WorkflowExecutionError)) as info:
+    with pytest.raises(workflow.SerializationError) as info:
         workflow.get(bad)
     assert "'thing'" in str(_serialization_error(info.value))
     assert workflow.get(after) == 13

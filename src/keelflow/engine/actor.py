@@ -849,11 +849,17 @@ def _error_payload(exc: BaseException) -> tuple[bytes, str]:
     return cloudpickle.dumps(portable(exc)), tb
 
 
-def call_error(actor_id: str, seq: int, exc_blob: bytes, tb: str) -> WorkflowExecutionError:
+def call_error(actor_id: str, seq: int, exc_blob: bytes, tb: str) -> KeelflowError:
+    """What a failed call raises: WorkflowExecutionError with the method's exception as
+    ``__cause__``, or SerializationError when its result or new state could not be stored."""
     try:
         cause = serialization.decode(exc_blob, what=f"the error of call #{seq} of actor {actor_id!r}")
     except SerializationError as e:
         cause = e
+    if isinstance(cause, SerializationError):
+        err: KeelflowError = SerializationError(f"call #{seq} of actor {actor_id!r} failed: {cause}")
+        err.__cause__ = cause
+        return err
     err = WorkflowExecutionError(
         f"call #{seq} of actor {actor_id!r} failed: {type(cause).__name__}: {cause}", workflow_id=actor_id, traceback=tb
     )
