@@ -66,6 +66,7 @@ def test_both_import_styles_give_the_same_api():
 
 EXPECTED_ALL = {
     "ActorNotFoundError",
+    "EventListener",
     "CorruptCheckpointError",
     "InvalidIdError",
     "KeelflowError",
@@ -86,6 +87,7 @@ EXPECTED_ALL = {
     "cancel",
     "delete",
     "delete_actor",
+    "event_listener",
     "get",
     "get_actor",
     "get_actor_metadata",
@@ -98,12 +100,16 @@ EXPECTED_ALL = {
     "list_actors",
     "list_all",
     "put",
+    "receive_event",
     "resume",
     "resume_all",
     "resume_async",
+    "send_event",
     "shutdown",
+    "sleep",
     "step",
     "virtual_actor",
+    "wait_for_event",
     "workflow",
 }
 

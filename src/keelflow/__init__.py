@@ -58,10 +58,16 @@ _LAZY = {
     "get_actor_metadata": "actors",
     "list_actor_calls": "actors",
     "delete_actor": "actors",
+    "EventListener": "events",
+    "wait_for_event": "events",
+    "sleep": "events",
+    "send_event": "events",
+    "receive_event": "events",
 }
 __all__ = [
     "ActorNotFoundError",
     "CorruptCheckpointError",
+    "EventListener",
     "InvalidIdError",
     "KeelflowError",
     "ObjectRef",
@@ -81,6 +87,7 @@ __all__ = [
     "cancel",
     "delete",
     "delete_actor",
+    "event_listener",
     "get",
     "get_actor",
     "get_actor_metadata",
@@ -93,12 +100,16 @@ __all__ = [
     "list_actors",
     "list_all",
     "put",
+    "receive_event",
     "resume",
     "resume_all",
     "resume_async",
+    "send_event",
     "shutdown",
+    "sleep",
     "step",
     "virtual_actor",
+    "wait_for_event",
     "workflow",
 ]
 
@@ -106,6 +117,7 @@ __all__ = [
 workflow = sys.modules[__name__]
 
 if TYPE_CHECKING:
+    from . import event_listener
     from .actors import (
         delete_actor,
         get_actor,
@@ -129,9 +141,12 @@ if TYPE_CHECKING:
         resume_async,
         shutdown,
     )
+    from .events import EventListener, receive_event, send_event, sleep, wait_for_event
 
 
 def __getattr__(name: str) -> Any:
+    if name == "event_listener":
+        return importlib.import_module(".event_listener", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'keelflow' has no attribute {name!r}")

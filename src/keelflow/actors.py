@@ -374,7 +374,7 @@ class ActorMethodStep(StepFunction[Any]):
     """A step calling an actor method. It runs in the scheduler's process (``inline``), where
     the actor's running call, if any, is."""
 
-    inline = True
+    kind = "inline"
 
     def __init__(self, actor_id: str, method: str, readonly: bool, fn: Callable[..., Any] | None) -> None:
         module = getattr(fn, "__module__", "actor")

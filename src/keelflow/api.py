@@ -237,6 +237,9 @@ def run_workflow(
         if loaded is None:
             return FutureRef(rt.create(root, wid, meta, lease, owned_by), wid)
         state, journal, _ = loaded
+        if state.finished and state.unacked:
+            # Finished, but a crash cut short telling an event listener: do that first.
+            return FutureRef(rt.adopt(state, journal, lease), wid)
         if state.finished:
             lease.release()
             return _done_ref(output_value(state, journal), wid)
@@ -311,7 +314,7 @@ def resume_owned(wid: str) -> FutureRef[Any]:
             _record_cancel(rt, state, journal)
         if state.cancelled:
             raise WorkflowCancelledError(workflow_id=wid)
-        if state.finished:
+        if state.finished and not state.unacked:
             update_status(rt.storage, wid, "SUCCESSFUL")
             lease.release()
             return _done_ref(output_value(state, journal), wid)
@@ -519,6 +522,7 @@ def delete(workflow_id: str) -> None:
             raise WorkflowNotFoundError(workflow_id=wid)
         rt.storage.delete_prefix(f"workflows/{wid}")
         rt.storage.delete_prefix(cancel_key(wid))
+        rt.storage.delete_prefix(f"events/{wid}")  # events sent to it and not received
     finally:
         lease.release()
 

@@ -108,8 +108,8 @@ def _code_fingerprint(func: Callable[..., Any]) -> str:
 class StepFunction(Generic[T]):
     """A function made into a step by ``@workflow.step``; ``.step(...)`` builds a node."""
 
-    #: Run in the scheduler's process instead of on the executor (see ``FuncEntry.inline``).
-    inline: ClassVar[bool] = False
+    #: Where its steps run (see ``FuncEntry.kind``): on the executor unless a subclass says.
+    kind: ClassVar[str] = ""
 
     def __init__(self, func: Callable[..., T], options: StepOptions | None = None) -> None:
         if not callable(func):

@@ -31,13 +31,14 @@ class FuncEntry:
     plain: dict[str, Any]
     # The full StepOptions, pickled (retry_exceptions may name user exception types).
     options_blob: bytes
-    # Runs in the scheduler's own process rather than on the executor (actor method steps,
-    # which act on state this process holds).
-    inline: bool = False
+    # Where its steps run: "" on the executor; "inline" on a thread of the scheduler's own
+    # process (actor method steps, which act on state this process holds); "event" on the
+    # scheduler's event loop (event listeners: no thread each).
+    kind: str = ""
 
     def to_record(self) -> tuple[Any, ...]:
         rec = (self.blob, self.key, self.name, self.fingerprint, self.plain, self.options_blob)
-        return (*rec, True) if self.inline else rec
+        return (*rec, self.kind) if self.kind else rec
 
     @classmethod
     def from_record(cls, rec: tuple[Any, ...]) -> FuncEntry:
@@ -96,7 +97,7 @@ def func_entry(func: StepFunction[Any]) -> FuncEntry:
         fingerprint=func.fingerprint,
         plain=plain,
         options_blob=serialization.dumps_function(opts),
-        inline=func.inline,
+        kind=func.kind,
     )
     if len(_ENTRY_CACHE) > 4096:
         _ENTRY_CACHE.clear()

@@ -32,6 +32,7 @@ from ..errors import KeelflowError, WorkflowCancelledError
 from ..executors.base import Demand, Executor, Outcome, Task
 from ..storage import Lease, Storage
 from .dag import FuncEntry, SubDag, flatten
+from .events import EventLoop
 from .journal import Journal, wf_key, write_status
 from .results import execution_error, output_value
 from .state import WorkflowState
@@ -64,6 +65,8 @@ class Run:
         self.attempts: collections.Counter[int] = collections.Counter()
         self.records: list[tuple[Any, ...]] = []
         self.failing = False
+        self.to_ack: list[tuple[int, int | None]] = []  # (event node, poll task) checkpointed
+        self.acking: set[int] = set()  # event nodes whose listener is being told
 
     @property
     def workflow_id(self) -> str:
@@ -84,9 +87,10 @@ class Runtime:
         self._stopped = False
         self._last_cancel_poll = 0.0
         self._demands: dict[str, tuple[Demand, str | None]] = {}
-        # Inline steps run on threads of this process; their outcomes queue here.
+        # Inline and event steps run in this process; their outcomes queue here.
         self._inline_done: collections.deque[Outcome] = collections.deque()
-        self._inline_funcs: dict[str, Any] = {}
+        self._local_funcs: dict[str, Any] = {}
+        self._events: EventLoop | None = None
         self._thread = threading.Thread(target=self._loop, name="keelflow-scheduler", daemon=True)
         self._thread.start()
 
@@ -192,6 +196,8 @@ class Runtime:
             self._thread.join(5)
         self._stopped = True
         self.executor.shutdown()
+        if self._events is not None:
+            self._events.stop()
 
     # -- the scheduler thread -------------------------------------------------------------------
     def _loop(self) -> None:
@@ -238,10 +244,14 @@ class Runtime:
 
     def _start(self, run: Run) -> None:
         try:
-            if run.state.finished or run.state.cancelled:
+            if run.state.unacked and not run.state.cancelled:
+                # Events checkpointed before a crash whose listeners were never told.
+                run.to_ack.extend((index, None) for index in run.state.unacked)
+                self._acknowledge(run)
+            if run.state.cancelled:
                 self._finish(run)
             else:
-                self._dispatch(run)
+                self._dispatch(run)  # finishes a finished run once its acknowledgements are in
         except Exception as e:
             log.exception("keelflow could not start workflow %s", run.workflow_id)
             self._abandon(run, e)
@@ -257,6 +267,8 @@ class Runtime:
                 log.error("cannot write the journal of workflow %s: %s", run.workflow_id, e)
                 self._abandon(run, e)
                 return
+        if run.to_ack:
+            self._acknowledge(run)
         self._dispatch(run)
 
     @staticmethod
@@ -270,7 +282,8 @@ class Runtime:
     def _dispatch(self, run: Run) -> None:
         state = run.state
         if state.finished or (state.failed is not None and not run.running):
-            self._finish(run)
+            if not run.acking:  # else the last acknowledgement finishes it
+                self._finish(run)
             return
         if state.failed is not None or run.failing:
             return
@@ -309,26 +322,72 @@ class Runtime:
         run.started.setdefault(index, time.time())
         run.attempts[index] += 1
         self._tasks[task_id] = (run, index)
-        if entry.inline:
+        if entry.kind == "inline":
             self._run_inline(task_id, entry, payload)
+            return
+        if entry.kind == "event":
+            self._event_loop().poll(task_id, self._local_func(entry), payload, self._deliver)
             return
         self.executor.submit(Task(task_id, RUNNER, entry.key, entry.blob, payload, demand, node.name))
 
+    def _local_func(self, entry: FuncEntry) -> Any:
+        func = self._local_funcs.get(entry.key)
+        if func is None:
+            func = self._local_funcs[entry.key] = cloudpickle.loads(entry.blob)
+        return func
+
+    def _deliver(self, outcome: Outcome) -> None:
+        """An outcome from a step run in this process (any thread)."""
+        self._inline_done.append(outcome)
+        self.executor.wake()
+
+    def _event_loop(self) -> EventLoop:
+        if self._events is None:
+            self._events = EventLoop()
+        return self._events
+
     def _run_inline(self, task_id: int, entry: FuncEntry, payload: bytes) -> None:
         """Run an inline step on a thread of its own (it may wait, e.g. for an actor's turn)."""
-        func = self._inline_funcs.get(entry.key)
-        if func is None:
-            func = self._inline_funcs[entry.key] = cloudpickle.loads(entry.blob)
+        func = self._local_func(entry)
 
         def work() -> None:
             try:
                 outcome = Outcome(task_id, result=run_task(func, payload))
             except BaseException as e:  # run_task encodes application errors; this is a bug
                 outcome = Outcome(task_id, error=f"{type(e).__name__}: {e}")
-            self._inline_done.append(outcome)
-            self.executor.wake()
+            self._deliver(outcome)
 
         threading.Thread(target=work, name=f"keelflow-inline-{task_id}", daemon=True).start()
+
+    def _acknowledge(self, run: Run) -> None:
+        """Tell the listeners of newly checkpointed events; record each once it returns."""
+        for index, task_id in run.to_ack:
+            if index in run.acking:
+                continue
+            run.acking.add(index)
+            entry = run.state.funcs[run.state.nodes[index].func]
+            output = None
+            if task_id is None:
+                output = run.journal.load(run.state.unacked[index])
+
+            def done(error: BaseException | None, index: int = index) -> None:
+                # A listener whose hook raised is not told again: its event is checkpointed.
+                self.call(lambda: self._acked(run, index))
+
+            where = (run.workflow_id, run.state.step_name(index))
+            self._event_loop().acknowledge(task_id, self._local_func(entry), output, where, done)
+        run.to_ack.clear()
+
+    def _acked(self, run: Run, index: int) -> None:
+        if self._runs.get(run.workflow_id) is not run:
+            return
+        run.acking.discard(index)
+        run.records.append(("acked", index))
+        try:
+            self._commit(run)
+        except Exception as e:
+            log.exception("keelflow stopped workflow %s", run.workflow_id)
+            self._abandon(run, e)
 
     def _demand(self, entry: FuncEntry) -> tuple[Demand, str | None]:
         """What a step function's steps hold while they run, and why that is impossible."""
@@ -372,6 +431,8 @@ class Runtime:
             run.records.append(
                 ("done", index, run.journal.spill(data), refs, self._new_objects(run, objects), (start, end, attempts))
             )
+            if state.funcs[node.func].kind == "event":
+                run.to_ack.append((index, outcome.task_id))
         elif kind == "cont":
             _, dag_record, _s, end = result
             dag = SubDag.from_record(dag_record)
@@ -462,6 +523,8 @@ class Runtime:
     def _stop_tasks(self, run: Run) -> None:
         """Abandon the run's running steps; their outcomes, if any come, are ignored."""
         self.executor.cancel(list(run.running.values()))
+        if self._events is not None:
+            self._events.cancel(list(run.running.values()))
         for task_id in run.running.values():
             self._tasks.pop(task_id, None)
         run.running.clear()

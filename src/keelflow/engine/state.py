@@ -12,6 +12,8 @@ Records are tuples of plain values:
 ``("fail", node, error, traceback, stats)``       a step failed for good: the workflow is FAILED
 ``("resume", time, info)``                 a new run took over
 ``("cancel", time)``                       cancelled for good
+``("acked", node)``                        event step ``node``'s listener was told its event is
+                                           checkpointed (``event_checkpointed`` returned)
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ class WorkflowState:
         self.ready: deque[int] = deque()
         self.failed: int | None = None
         self.cancelled = False
+        # Event steps whose event is checkpointed but not yet acknowledged to the listener.
+        self.unacked: dict[int, Any] = {}
 
     # -- queries -------------------------------------------------------------------------------
     @property
@@ -129,6 +133,8 @@ class WorkflowState:
             self._reset_failed()
         elif kind == "cancel":
             self.cancelled = True
+        elif kind == "acked":
+            self.unacked.pop(record[1], None)
         else:
             raise ValueError(f"unknown journal record {kind!r}")
 
@@ -191,6 +197,8 @@ class WorkflowState:
         self.objects.update(objects)
         node = self.nodes[index]
         node.start, node.end, node.attempts = stats
+        if self.funcs[node.func].kind == "event":
+            self.unacked[index] = output
         if node.continued is None:
             self._release_inputs(node)
         # Resolve the node, then every step it was the continuation of, without recursion.

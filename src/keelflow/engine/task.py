@@ -22,7 +22,7 @@ from ..objects import ObjectRef, current_step, current_workflow
 from ..step import StepFunction, Workflow, step
 from .dag import SubDag, collect_refs, flatten
 
-__all__ = ["Refs", "make_payload", "portable", "run_task"]
+__all__ = ["Refs", "decode_inputs", "encode_error", "encode_result", "make_payload", "portable", "run_task"]
 
 RUNNER = "keelflow.engine.task:run_task"
 #: The step that closes a caught continuation; the engine finds it by this name.
@@ -77,58 +77,74 @@ def catch_continuation(result: Any) -> tuple[Any, None]:
 def run_task(func: StepFunction[Any], payload: bytes) -> bytes:
     """Run one attempt of a step and encode its outcome as a record."""
     workflow_id, step_name, args_data, deps, objects = serialization.load_record(payload)
-    opts = func.options_in_force
     token = current_workflow.set(workflow_id)
     step_token = current_step.set(step_name)
     start = time.time()
     try:
-        refs = Refs(objects)
-        outputs: dict[int, Any] = {}
-
-        def resolve_node(index: int) -> Any:
-            if index not in outputs:
-                outputs[index] = serialization.decode(
-                    deps[index], what=f"an input of step {step_name}", resolve_ref=refs
-                )
-            return outputs[index]
-
-        args, kwargs = serialization.decode(
-            args_data, what=f"the arguments of step {step_name}", resolve_ref=refs, resolve_node=resolve_node
-        )
+        args, kwargs = decode_inputs(step_name, args_data, deps, objects)
         # A returned ref stays a ref downstream (as a Ray task's would); it is stored once as
         # an object. Only a workflow's final output is resolved to its value.
-        result = func._func(*args, **kwargs)
-        if isinstance(result, SubDag):
-            # An engine-internal step (an actor method) that flattened its own continuation.
-            return serialization.dump_record(("cont", result.to_record(), start, time.time()))
-        if isinstance(result, Workflow):
-            if opts.catch_exceptions:
-                # The step's output is its sub-workflow's, so that is what gets caught: the
-                # catcher wraps a success, and the engine routes a failure inside to it.
-                result = catch_continuation.step(result)
-            dag = flatten(result, what=f"the continuation of step {step_name}")
-            return serialization.dump_record(("cont", dag.to_record(), start, time.time()))
-        if opts.catch_exceptions:
-            result = (result, None)
-        found: dict[str, ObjectRef[Any]] = {}
-
-        def on_ref(ref: ObjectRef[Any]) -> str:
-            ref = ref._settled()
-            found[ref.id] = ref
-            return ref.id
-
-        data = serialization.encode(result, what=f"the output of step {step_name}", on_ref=on_ref)
-        table: dict[str, tuple[bytes, tuple[str, ...]]] = {}
-        collect_refs(found, table)
-        return serialization.dump_record(("ok", data, tuple(found), table, start, time.time()))
+        return encode_result(func, step_name, func._func(*args, **kwargs), start)
     except Exception as exc:
-        end = time.time()
-        tb = traceback.format_exc()
-        safe = portable(exc)
-        caught = cloudpickle.dumps((None, safe)) if opts.catch_exceptions else None
-        # An output that cannot be serialized will not serialize on a retry either.
-        retryable = opts.should_retry(exc) and not isinstance(exc, SerializationError)
-        return serialization.dump_record(("err", cloudpickle.dumps(safe), tb, retryable, caught, start, end))
+        return encode_error(func, exc, start)
     finally:
         current_step.reset(step_token)
         current_workflow.reset(token)
+
+
+def decode_inputs(
+    step_name: str, args_data: bytes, deps: dict[int, bytes], objects: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A step's arguments, with the outputs and objects they name filled in."""
+    refs = Refs(objects)
+    outputs: dict[int, Any] = {}
+
+    def resolve_node(index: int) -> Any:
+        if index not in outputs:
+            outputs[index] = serialization.decode(deps[index], what=f"an input of step {step_name}", resolve_ref=refs)
+        return outputs[index]
+
+    args, kwargs = serialization.decode(
+        args_data, what=f"the arguments of step {step_name}", resolve_ref=refs, resolve_node=resolve_node
+    )
+    return args, kwargs
+
+
+def encode_result(func: StepFunction[Any], step_name: str, result: Any, start: float) -> bytes:
+    """The outcome record of a step that returned ``result``."""
+    opts = func.options_in_force
+    if isinstance(result, SubDag):
+        # An engine-internal step (an actor method) that flattened its own continuation.
+        return serialization.dump_record(("cont", result.to_record(), start, time.time()))
+    if isinstance(result, Workflow):
+        if opts.catch_exceptions:
+            # The step's output is its sub-workflow's, so that is what gets caught: the
+            # catcher wraps a success, and the engine routes a failure inside to it.
+            result = catch_continuation.step(result)
+        dag = flatten(result, what=f"the continuation of step {step_name}")
+        return serialization.dump_record(("cont", dag.to_record(), start, time.time()))
+    if opts.catch_exceptions:
+        result = (result, None)
+    found: dict[str, ObjectRef[Any]] = {}
+
+    def on_ref(ref: ObjectRef[Any]) -> str:
+        ref = ref._settled()
+        found[ref.id] = ref
+        return ref.id
+
+    data = serialization.encode(result, what=f"the output of step {step_name}", on_ref=on_ref)
+    table: dict[str, tuple[bytes, tuple[str, ...]]] = {}
+    collect_refs(found, table)
+    return serialization.dump_record(("ok", data, tuple(found), table, start, time.time()))
+
+
+def encode_error(func: StepFunction[Any], exc: BaseException, start: float) -> bytes:
+    """The outcome record of a step that raised ``exc`` (call from its ``except`` block)."""
+    opts = func.options_in_force
+    end = time.time()
+    tb = traceback.format_exc()
+    safe = portable(exc)
+    caught = cloudpickle.dumps((None, safe)) if opts.catch_exceptions else None
+    # An output that cannot be serialized will not serialize on a retry either.
+    retryable = opts.should_retry(exc) and not isinstance(exc, SerializationError)
+    return serialization.dump_record(("err", cloudpickle.dumps(safe), tb, retryable, caught, start, end))
