@@ -108,6 +108,7 @@ EXPECTED_ALL = {
     "shutdown",
     "sleep",
     "step",
+    "submit",
     "virtual_actor",
     "wait_for_event",
     "workflow",

@@ -52,6 +52,7 @@ _LAZY = {
     "resume_all": "api",
     "resume_async": "api",
     "shutdown": "api",
+    "submit": "api",
     "virtual_actor": "actors",
     "get_actor": "actors",
     "list_actors": "actors",
@@ -108,6 +109,7 @@ __all__ = [
     "shutdown",
     "sleep",
     "step",
+    "submit",
     "virtual_actor",
     "wait_for_event",
     "workflow",
@@ -140,6 +142,7 @@ if TYPE_CHECKING:
         resume_all,
         resume_async,
         shutdown,
+        submit,
     )
     from .events import EventListener, receive_event, send_event, sleep, wait_for_event
 

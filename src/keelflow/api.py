@@ -45,6 +45,7 @@ __all__ = [
     "resume_async",
     "run_workflow",
     "shutdown",
+    "submit",
 ]
 
 log = logging.getLogger("keelflow")
@@ -253,6 +254,31 @@ def run_workflow(
     except BaseException:
         lease.release()
         raise
+
+
+def submit(root: Workflow[Any], workflow_id: str | None = None, metadata: dict[str, Any] | None = None) -> str:
+    """Store ``root`` as a new workflow for a worker (``keelflow worker``) to run; its id.
+
+    Durable when this returns, so the calling script may exit: the workflow is RESUMABLE
+    (no process runs it) until a worker, or ``resume``, takes it.
+    """
+    if not isinstance(root, Workflow):
+        raise TypeError(f"submit needs a workflow node (step.step(...)), got {type(root).__name__}")
+    rt = _runtime()
+    wid = validate_id(workflow_id) if workflow_id is not None else new_workflow_id()
+    meta = _check_metadata(metadata, "workflow metadata") or {}
+    lease = rt.storage.acquire_lease(lease_key(wid), owner_info())
+    if lease is None or rt.local_run(wid) is not None:
+        if lease is not None:
+            lease.release()
+        raise WorkflowRunningError(workflow_id=wid)
+    try:
+        if load(rt.storage, wid, strict=False) is not None:
+            raise KeelflowError(f"workflow {wid!r} already exists; submit a new id", workflow_id=wid)
+        rt.record_start(root, wid, meta)
+    finally:
+        lease.release()
+    return wid
 
 
 def _wait_elsewhere(rt: Runtime, workflow_id: str, name: str | None = None) -> Any:

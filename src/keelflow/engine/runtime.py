@@ -117,6 +117,13 @@ class Runtime:
         ``owned_by`` marks a workflow run on behalf of something else (an actor call), which
         is then the one to resume it.
         """
+        state, journal = self.record_start(root, workflow_id, metadata, owned_by)
+        return self._adopt(state, journal, lease)
+
+    def record_start(
+        self, root: Any, workflow_id: str, metadata: dict[str, Any], owned_by: dict[str, Any] | None = None
+    ) -> tuple[WorkflowState, Journal]:
+        """Store a new workflow's first record (durably) without running it."""
         dag = flatten(root, what=f"workflow {workflow_id!r}")
         now = time.time()
         header = {
@@ -136,7 +143,7 @@ class Runtime:
         state.apply(record)
         write_status(self.storage, workflow_id, _status_info(state, "RUNNING"))
         log.info("workflow %s started", workflow_id, extra={"workflow_id": workflow_id})
-        return self._adopt(state, journal, lease)
+        return state, journal
 
     def adopt(self, state: WorkflowState, journal: Journal, lease: Lease) -> concurrent.futures.Future[Any]:
         """Continue a replayed workflow (resume); the caller holds its lease."""

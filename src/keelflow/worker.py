@@ -1,0 +1,217 @@
+"""The long-running worker (``keelflow worker``): keeps a storage's workflows and actors going.
+
+It resumes every workflow no live process runs (``RESUMABLE``: its first runner died, or it
+was ``submit``-ted), runs the calls left queued on actors, fires timers as they fall due (a
+sleeping workflow sleeps in the worker's event loop), and serves an HTTP endpoint that
+delivers external events. Leases make it safe to run several workers on one storage: a
+workflow is run by one of them at a time. On SIGTERM or SIGINT it stops: running steps are
+abandoned and their workflows stay resumable, so the next worker goes on from the last
+checkpoint and nothing checkpointed is lost.
+
+HTTP (bound to 127.0.0.1 unless told otherwise; any other address needs a token)::
+
+    POST /events/<workflow_id>/<key>   body: the JSON payload (empty body: null)
+    GET  /workflows/<workflow_id>      {"workflow_id": ..., "status": ...}
+    GET  /health                       {"status": "ok", "running": n}
+"""
+
+from __future__ import annotations
+
+import hmac
+import http.server
+import ipaddress
+import json
+import logging
+import signal
+import threading
+import time
+import urllib.parse
+from typing import Any
+
+from . import api
+from .errors import InvalidIdError, KeelflowError, WorkflowNotFoundError
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("keelflow")
+
+#: The largest event body the endpoint accepts.
+MAX_BODY = 1 << 20
+
+
+class Worker:
+    """Resumes what needs resuming, every ``poll`` seconds, until :meth:`stop`."""
+
+    def __init__(
+        self,
+        storage: str | None = None,
+        *,
+        executor: str | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = 8765,
+        token: str | None = None,
+        poll: float = 1.0,
+    ) -> None:
+        if port is not None and not _loopback(host) and not token:
+            raise KeelflowError(
+                f"the worker's event endpoint would listen on {host}, beyond this machine, without a "
+                "token: give --token (or $KEELFLOW_WORKER_TOKEN), or bind to 127.0.0.1"
+            )
+        if poll <= 0:
+            raise ValueError(f"poll must be > 0 seconds, got {poll!r}")
+        self.storage = storage
+        self.executor = executor
+        self.host = host
+        self.port = port
+        self.token = token
+        self.poll = poll
+        self._stop = threading.Event()
+        self._server: http.server.ThreadingHTTPServer | None = None
+        self.running: dict[str, Any] = {}  # workflow id -> ref, for workflows this worker took
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """Where the event endpoint listens (once started)."""
+        if self._server is None:
+            return None
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        api.init(self.storage, executor=self.executor)
+        if self.port is not None:
+            self._server = http.server.ThreadingHTTPServer((self.host, self.port), _handler(self))
+            self._server.daemon_threads = True
+            threading.Thread(target=self._server.serve_forever, name="keelflow-http", daemon=True).start()
+
+    def run(self) -> None:
+        """Start, then :meth:`serve`."""
+        self.start()
+        self.serve()
+
+    def serve(self) -> None:
+        """Resume work every ``poll`` seconds until stopped (SIGTERM/SIGINT too), then close."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self._stop.set())
+        try:
+            while not self._stop.is_set():
+                self.tick()
+                self._stop.wait(self.poll)
+        finally:
+            self.close()
+
+    def tick(self) -> None:
+        """One round: take every workflow and actor queue nobody runs."""
+        for wid in [w for w, ref in self.running.items() if ref.done()]:
+            del self.running[wid]
+        try:
+            for wid, ref in api.resume_all():
+                log.info("worker resumed workflow %s", wid)
+                self.running[wid] = ref
+        except Exception:
+            log.exception("worker could not resume workflows")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        """Stop serving and running: what ran stays resumable for the next worker."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        api.shutdown()
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _handler(worker: Worker) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        server_version = "keelflow-worker"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("http %s - " + format, self.address_string(), *args)
+
+        def _reply(self, code: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _authorized(self) -> bool:
+            if not worker.token:
+                return True
+            given = self.headers.get("Authorization", "")
+            if hmac.compare_digest(given.encode(), f"Bearer {worker.token}".encode()):
+                return True
+            self._reply(401, {"error": "missing or wrong token (Authorization: Bearer <token>)"})
+            return False
+
+        def _parts(self) -> list[str]:
+            path = urllib.parse.urlsplit(self.path).path
+            return [urllib.parse.unquote(p) for p in path.strip("/").split("/") if p]
+
+        def do_GET(self) -> None:
+            if not self._authorized():
+                return
+            parts = self._parts()
+            if parts == ["health"]:
+                self._reply(200, {"status": "ok", "running": sum(not r.done() for r in worker.running.values())})
+            elif len(parts) == 2 and parts[0] == "workflows":
+                try:
+                    status = api.get_status(parts[1])
+                except (WorkflowNotFoundError, InvalidIdError) as e:
+                    self._reply(404, {"error": str(e)})
+                    return
+                self._reply(200, {"workflow_id": parts[1], "status": status.value})
+            else:
+                self._reply(404, {"error": f"no such endpoint: GET {self.path}"})
+
+        def do_POST(self) -> None:
+            if not self._authorized():
+                return
+            parts = self._parts()
+            if len(parts) != 3 or parts[0] != "events":
+                self._reply(404, {"error": f"no such endpoint: POST {self.path} (POST /events/<workflow_id>/<key>)"})
+                return
+            _, workflow_id, key = parts
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                self._reply(400, {"error": "bad Content-Length"})
+                return
+            if length > MAX_BODY:
+                self._reply(413, {"error": f"event body over {MAX_BODY} bytes"})
+                return
+            raw = self.rfile.read(length) if length else b""
+            try:
+                payload = json.loads(raw) if raw.strip() else None
+            except ValueError as e:
+                self._reply(400, {"error": f"the body is not JSON: {e}"})
+                return
+            try:
+                api.validate_id(workflow_id)
+                api.validate_id(key, "event key")
+                api.get_status(workflow_id)
+            except InvalidIdError as e:
+                self._reply(400, {"error": str(e)})
+                return
+            except WorkflowNotFoundError as e:
+                self._reply(404, {"error": f"{e}; send events to a workflow that was started or submitted"})
+                return
+            from .events import send_event
+
+            send_event(workflow_id, key, payload)
+            self._reply(202, {"workflow_id": workflow_id, "key": key, "stored": time.time()})
+
+    return Handler
