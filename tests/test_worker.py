@@ -27,7 +27,7 @@ class WorkerProc:
 
     def __init__(self, storage: str, tmp, *extra: str) -> None:
         self.err_path = str(tmp / f"worker-{time.monotonic_ns()}.log")
-        self.err = open(self.err_path, "w")
+        self.err = open(self.err_path, "w")  # noqa: SIM115 (closed in stop(); the process writes to it)
         env = dict(os.environ, **ENV, KF_STEP_LOG=str(tmp / "steps.log"))
         args = [sys.executable, "-m", "keelflow.cli", "worker", "--storage", storage, "--executor", "thread"]
         self.proc = subprocess.Popen([*args, "--poll", "0.2", *extra], env=env, stderr=self.err, stdout=self.err)
