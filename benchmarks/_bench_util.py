@@ -160,6 +160,25 @@ def calibrate_burn(seconds: float) -> int:
     return max(1, int(n * seconds / best))
 
 
+def fdatasync_ms(directory: str, count: int = 200) -> float:
+    """Median ms of a small append + ``fdatasync`` in ``directory``: the disk's floor under
+    any durable call there."""
+    path = os.path.join(directory, "fdatasync-probe")
+    times = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        sync = getattr(os, "fdatasync", os.fsync)
+        for _ in range(count):
+            t = time.perf_counter()
+            os.write(fd, b"x" * 64)
+            sync(fd)
+            times.append(time.perf_counter() - t)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return round(statistics.median(times) * 1e3, 4)
+
+
 def write_result(path: str | None, result: dict[str, Any]) -> None:
     text = json.dumps(result, indent=1, sort_keys=True)
     if path:

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""keelflow benchmarks: per-step cost, resume, start-up, memory and CPU speed-up.
+"""keelflow benchmarks: per-step cost, resume, start-up, memory, CPU speed-up and virtual actors.
 
     python benchmarks/run.py                  # every keelflow workload (a few minutes)
     python benchmarks/run.py --quick          # smaller sizes, a smoke run (< 30 s)
     python benchmarks/run.py --only chain,fib # some workloads (groups or row names)
+    python benchmarks/run.py --only actor     # the virtual-actor workloads alone
     python benchmarks/run.py --executor thread
     python benchmarks/run.py --json out.json
     python benchmarks/run.py --compare        # side by side with DBOS and Ray Workflows 2.47.1
@@ -49,6 +50,9 @@ T_MEMORY = "<= 0.2 ms/step, RSS < 1 GiB"
 T_RESUME = "< 1 s"
 T_WARM = "<= 2 ms"
 T_COLD = "<= 0.5 s"
+T_ACTOR_SEQ = ">= 300 calls/s"
+T_ACTOR_PIPE = ">= 1,000 calls/s"
+T_ACTOR_READ = ">= 5,000 calls/s"
 
 # -- one-step cold: a whole `python -c` run per system ------------------------------------------
 COLD_CODE = {
@@ -355,6 +359,9 @@ class Runner:
         row = {"name": name, "target": target, "note": note, **result, **extra}
         self.rows.append(row)
         per = row.get("per_step_ms")
+        if isinstance(row.get("calls_per_s"), (int, float)):
+            self.log(f"  {name}: {row['calls_per_s']:,.0f} calls/s ({row['ms_per_call']:.3f} ms/call)")
+            return
         shown = (
             f"{per:.3f} ms/step"
             if isinstance(per, (int, float)) and row.get("steps", 0) > 1
@@ -364,7 +371,7 @@ class Runner:
 
 
 # -- the keelflow workloads --------------------------------------------------------------------------
-GROUPS = ["import", "cold", "warm", "chain", "fanout", "fib", "resume", "memory", "cpu"]
+GROUPS = ["import", "cold", "warm", "chain", "fanout", "fib", "resume", "memory", "cpu", "actor"]
 
 
 def sizes(quick: bool) -> dict[str, Any]:
@@ -379,6 +386,7 @@ def sizes(quick: bool) -> dict[str, Any]:
             "cold": 3,
             "import": 3,
             "cpu": (4, 0.25),
+            "actor": {"seq": (300, 1), "pipe": (1000, 1), "read": (1000, 2, 300), "contend": (200, 1)},
         }
     return {
         "chain": [(1000, 5), (10000, 3)],
@@ -390,6 +398,8 @@ def sizes(quick: bool) -> dict[str, Any]:
         "cold": 5,
         "import": 5,
         "cpu": (8, 0.5),
+        # (calls, repeats[, mutating calls made before the reads])
+        "actor": {"seq": (2000, 3), "pipe": (5000, 3), "read": (5000, 5, 2000), "contend": (1000, 3)},
     }
 
 
@@ -566,6 +576,104 @@ def bench_cpu(r: Runner, steps: int, seconds: float) -> None:
             )
 
 
+_CALL_FIGURES = ("calls", "repeats", "times_s", "total_s", "ms_per_call", "calls_per_s", "best_calls_per_s")
+
+
+def bench_actor(r: Runner, sz: dict[str, Any]) -> None:
+    """One virtual actor (``kf_actors.Counter``) on durable file storage, a fresh process and
+    storage directory per workload; per-call costs, not per-step ones."""
+    only = r.args.only
+
+    def run(name: str, workload: str, n: int, reps: int, extra: list[str] | None = None) -> dict[str, Any] | None:
+        res = r.kf(name, workload, n, reps, extra=extra)
+        if res is None:
+            r.rows[-1]["kind"] = "actor"
+        return res
+
+    def sync_note(res: dict[str, Any]) -> str:
+        probes = res.get("fdatasync_ms_before_after")
+        if not probes:
+            return ""
+        f = statistics.mean(probes)
+        return f"{res['ms_per_call'] / f:.1f}x an fdatasync ({probes[0]:.3f} ms before, {probes[1]:.3f} after)"
+
+    n, reps = sz["seq"]
+    name = f"actor-seq-{n}"
+    if wanted(only, "actor", name):
+        res = run(name, "actor-seq", n, reps)
+        if res:
+            r.add(f"{name}: run() in a loop", res, T_ACTOR_SEQ, note=sync_note(res), kind="actor", key="seq")
+    n, reps = sz["pipe"]
+    name = f"actor-pipe-{n}"
+    if wanted(only, "actor", name):
+        res = run(name, "actor-pipe", n, reps)
+        if res:
+            r.add(
+                f"{name}: run_async() x {n:,}, wait for the last",
+                res,
+                T_ACTOR_PIPE,
+                note=f"submitting took {res['submit_s']:.3f} s ({res['submit_ms_per_call']:.3f} ms/call, "
+                f"each durable); {sync_note(res)}",
+                kind="actor",
+                key="pipe",
+            )
+    n, reps, mutating = sz["read"]
+    name = f"actor-read-{n}"
+    if wanted(only, "actor", name):
+        res = run(name, "actor-read", n, reps, extra=["--mutating", str(mutating)])
+        if res:
+            common = {k: res.get(k) for k in ("other_cores", "driver_peak_rss_mib", "fdatasync_ms_before_after")}
+            r.add(
+                f"{name}: readonly run(), same process",
+                {**res["same"], **common},
+                T_ACTOR_READ,
+                note=f"right after {res['mutating_calls']:,} run() calls in this process "
+                f"({res['mutating_calls_per_s']:,.0f} calls/s)",
+                kind="actor",
+                key="read-same",
+            )
+            other = res["other"]
+            r.add(
+                f"{name}: readonly run(), second process",
+                {**{k: other[k] for k in _CALL_FIGURES}, "other_cores": res.get("other_cores")},
+                T_ACTOR_READ,
+                note=f"a process that only reads, never holding the lease (actor {other.get('status_seen')})",
+                kind="actor",
+                key="read-other",
+            )
+    n, reps = sz["contend"]
+    name = f"actor-contend-2x{n}"
+    if wanted(only, "actor", name):
+        res = run(name, "actor-contend", n, reps)
+        if res:
+            rounds = res["rounds"]
+            per = "; ".join(" + ".join(f"{c:,.0f}" for c in x["per_process_calls_per_s"]) for x in rounds)
+            r.add(
+                f"{name}: 2 processes x {n:,} run(), total",
+                res,
+                "",
+                note=f"each process's own calls/s per round: {per}; median call "
+                f"{statistics.median(ms for x in rounds for ms in x['median_call_ms']):.3f} ms, slowest "
+                f"{max(ms for x in rounds for ms in x['max_call_ms']):.1f} ms",
+                kind="actor",
+                key="contend",
+            )
+
+
+def actor_ratios(rows: list[dict[str, Any]]) -> list[str]:
+    """The actor figures against each other (ratios of calls/s)."""
+    by = {x["key"]: x for x in rows if x.get("kind") == "actor" and isinstance(x.get("calls_per_s"), (int, float))}
+    pairs = [
+        ("pipelined / sequential calls/s", "pipe", "seq"),
+        ("two processes contending / one process sequential", "contend", "seq"),
+        ("readonly in a second process / in the same process", "read-other", "read-same"),
+        ("readonly (same process) / sequential mutating", "read-same", "seq"),
+    ]
+    return [
+        f"{label}: {by[a]['calls_per_s'] / by[b]['calls_per_s']:.2f}x" for label, a, b in pairs if a in by and b in by
+    ]
+
+
 def run_keelflow(r: Runner) -> None:
     s = sizes(r.args.quick)
     only = r.args.only
@@ -604,6 +712,8 @@ def run_keelflow(r: Runner) -> None:
                 )
     if wanted(only, "cpu"):
         bench_cpu(r, *s["cpu"])
+    if wanted(only, "actor") or any(o.startswith("actor-") for o in only or []):
+        bench_actor(r, s["actor"])
 
 
 def flatness(rows: list[dict[str, Any]]) -> list[str]:
@@ -647,6 +757,16 @@ def print_keelflow(rows: list[dict[str, Any]], info: dict[str, Any], executor: s
         f"storage: fresh directories under {info['storage_base']} ({info['storage_fs']}); "
         "keelflow file storage, fsync'd appends"
     )
+    actors = [r for r in rows if r.get("kind") == "actor"]
+    rows = [r for r in rows if r.get("kind") != "actor"]
+    if rows:
+        print_steps(rows)
+    if actors:
+        print_actors(actors)
+    print("Targets are printed for reading, not checked.")
+
+
+def print_steps(rows: list[dict[str, Any]]) -> None:
     print()
     table = []
     for r in rows:
@@ -694,7 +814,38 @@ def print_keelflow(rows: list[dict[str, Any]], info: dict[str, Any], executor: s
     print("total s = median over reps (per-step ms = that / steps); driver MiB = the driver's peak RSS;")
     print("workers MiB = peak of the summed RSS of its worker processes (sampled every 0.1 s);")
     print("other load = cores' worth of CPU that other processes on the machine used meanwhile (0 = quiet).")
-    print("Targets are printed for reading, not checked.")
+
+
+def print_actors(rows: list[dict[str, Any]]) -> None:
+    print()
+    print("Virtual actors: one Counter actor, durable file storage (a call's record is fdatasync'd before it returns)")
+    print()
+    table = []
+    for r in rows:
+        if "error" in r:
+            table.append([r["name"], "-", "-", "-", "-", "-", "", "-", "ERROR " + r["error"]])
+            continue
+        table.append(
+            [
+                r["name"],
+                f"{r['calls']:,}",
+                _fmt(r.get("total_s"), ".3f"),
+                _fmt(r.get("ms_per_call"), ".3f"),
+                _fmt(r.get("calls_per_s"), ",.0f"),
+                str(r.get("repeats", "-")),
+                r.get("target", ""),
+                _fmt(r.get("other_cores"), ".2f"),
+                r.get("note", ""),
+            ]
+        )
+    print_table(table, ["workload", "calls", "total s", "ms/call", "calls/s", "reps", "target", "other load", "note"])
+    ratios = actor_ratios(rows)
+    if ratios:
+        print()
+        print("\n".join(ratios))
+    print()
+    print("total s = median over reps of the timed loop (calls/s = calls / that); the contending row times")
+    print("from the first process's first call to the last process's last call.")
 
 
 # -- side-by-side ---------------------------------------------------------------------------------
@@ -927,6 +1078,9 @@ def main() -> None:
             flat = flatness(runner.rows)
             if flat:
                 report["flatness"] = flat
+            ratios = actor_ratios(runner.rows)
+            if ratios:
+                report["actor_ratios"] = ratios
         report["rows"] = runner.rows
     finally:
         runner.cleanup()

@@ -122,7 +122,13 @@ def test_two_writers_and_a_reader_across_generations(storage):
         )
         for role, n in (("writer", "150"), ("writer", "150"), ("reader", "300"))
     ]
-    outs = [p.communicate(timeout=90) for p in procs]
+    try:
+        outs = [p.communicate(timeout=90) for p in procs]
+    finally:
+        for p in procs:  # never leave a spinning reader behind a failed run
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
     monotonic, reads = outs[2][0].split()

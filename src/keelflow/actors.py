@@ -31,7 +31,6 @@ from .engine.actor import (
     read_meta,
     state_value,
 )
-from .engine.journal import read_status
 from .errors import KeelflowError, SerializationError, WorkflowNotFoundError, WorkflowRunningError
 from .objects import FutureRef, ObjectRef, current_step, current_workflow, get
 from .step import StepFunction, StepOptions, Workflow, _code_fingerprint
@@ -285,7 +284,7 @@ def _refuse_waiting_on_itself(actor_id: str, qualname: str) -> None:
     workflow_id = current_workflow.get()
     if workflow_id is None:
         return
-    owner = (read_status(api._runtime().storage, workflow_id) or {}).get("owned_by") or {}
+    owner = (api._runtime().read_index(workflow_id) or {}).get("owned_by") or {}
     if owner.get("actor") == actor_id:
         raise KeelflowError(
             f"a step of workflow {workflow_id!r}, which runs inside call #{owner.get('call')} of actor "

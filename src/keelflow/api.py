@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from .engine.journal import Journal, check_format, read_status, update_status
+from .engine.journal import Journal, check_format
 from .engine.results import execution_error, load, output_value, require, resolved_node, step_value
 from .engine.runtime import Runtime, cancel_key, lease_key, new_workflow_id, owner_info
 from .engine.state import ROOT, WorkflowState
@@ -309,7 +309,7 @@ def resume_async(workflow_id: str) -> FutureRef[Any]:
     """Continue a failed or interrupted workflow from where it stopped; a ref to its output."""
     rt = _runtime()
     wid = validate_id(workflow_id)
-    owner = (read_status(rt.storage, wid) or {}).get("owned_by") or {}
+    owner = (rt.read_index(wid) or {}).get("owned_by") or {}
     if owner.get("actor") is not None and rt.local_run(wid) is None:
         # Run by an actor call: the actor goes on with that call (which resumes this
         # workflow) when touched; resuming it alone would leave the call waiting.
@@ -322,6 +322,15 @@ def resume_async(workflow_id: str) -> FutureRef[Any]:
 
 def resume_owned(wid: str) -> FutureRef[Any]:
     """:func:`resume_async` itself, for the owner of the workflow (an actor's call)."""
+    ref, _ = _resume(wid)
+    assert ref is not None
+    return ref
+
+
+def _resume(wid: str, include_failed: bool = True) -> tuple[FutureRef[Any] | None, bool]:
+    """A ref to the workflow's output, and whether this process now runs it (False: it
+    had finished already). Without ``include_failed`` a failed workflow is left alone
+    (``(None, False)``)."""
     rt = _runtime()
     if rt.local_run(wid) is not None:
         raise WorkflowRunningError(workflow_id=wid)
@@ -341,12 +350,16 @@ def resume_owned(wid: str) -> FutureRef[Any]:
         if state.cancelled:
             raise WorkflowCancelledError(workflow_id=wid)
         if state.finished and not state.unacked:
-            update_status(rt.storage, wid, "SUCCESSFUL")
+            rt.update_index(wid, "SUCCESSFUL")
             lease.release()
-            return _done_ref(output_value(state, journal), wid)
+            return _done_ref(output_value(state, journal), wid), False
+        if state.failed is not None and not include_failed:
+            rt.update_index(wid, "FAILED")
+            lease.release()
+            return None, False
         _report_code_changes(state)
         log.info("resuming workflow %s", wid, extra={"workflow_id": wid})
-        return FutureRef(rt.adopt(state, journal, lease), wid)
+        return FutureRef(rt.adopt(state, journal, lease), wid), True
     except BaseException:
         lease.release()
         raise
@@ -359,20 +372,35 @@ def resume(workflow_id: str) -> Any:
 
 def resume_all(include_failed: bool = False) -> list[tuple[str, FutureRef[Any]]]:
     """Resume every ``RESUMABLE`` (and with ``include_failed``, ``FAILED``) workflow."""
-    wanted = {WorkflowStatus.RESUMABLE} | ({WorkflowStatus.FAILED} if include_failed else set())
     resumed = []
     rt = _runtime()
     if rt.storage.children("actors"):
         from .actors import recover_all
 
         recover_all()  # calls left queued by dead processes (they resume their own workflows)
-    for wid, _ in list_all(wanted):
-        if (read_status(rt.storage, wid) or {}).get("owned_by"):
-            continue  # run on behalf of an actor call: the actor resumes it
+    # Cheaper than list_all(): the index rules out finished workflows, and taking the lease
+    # (which resuming does anyway) is the test of whether a live process runs one.
+    skip = {"SUCCESSFUL", "CANCELED"} | (set() if include_failed else {"FAILED"})
+    candidates = []
+    for wid in rt.storage.children("workflows"):
+        info = rt.read_index(wid) or {}
+        if info.get("status") in skip or info.get("owned_by") or rt.local_run(wid) is not None:
+            continue  # owned_by: run on behalf of an actor call, which resumes it
+        candidates.append((-(info.get("start_time") or 0.0), wid))
+
+    def attempt(wid: str) -> FutureRef[Any] | None:
         try:
-            resumed.append((wid, resume_async(wid)))
-        except (WorkflowRunningError, WorkflowCancelledError):
-            continue  # another process got there first
+            ref, adopted = _resume(wid, include_failed)
+        except (WorkflowRunningError, WorkflowCancelledError, WorkflowNotFoundError):
+            return None  # running elsewhere, cancelled meanwhile, or deleted
+        return ref if adopted else None  # (else it had ended; its index was out of date)
+
+    # Resuming is mostly waiting on storage (leases, reading journals): overlap a few.
+    order = [wid for _, wid in sorted(candidates)]
+    refs = _helper_pool().map(attempt, order) if len(order) > 8 else map(attempt, order)
+    for wid, ref in zip(order, refs, strict=True):
+        if ref is not None:
+            resumed.append((wid, ref))
     return resumed
 
 
@@ -401,9 +429,18 @@ def get_status(workflow_id: str) -> WorkflowStatus:
 
 
 def _status(rt: Runtime, wid: str) -> WorkflowStatus:
+    return _status_and_index(rt, wid)[0]
+
+
+def _status_and_index(rt: Runtime, wid: str) -> tuple[WorkflowStatus, dict[str, Any]]:
+    """The status, and the status index it came from (empty if there was none)."""
     if rt.local_run(wid) is not None:
-        return WorkflowStatus.RUNNING
-    info = read_status(rt.storage, wid)
+        return WorkflowStatus.RUNNING, rt.read_index(wid) or {}
+    info = rt.read_index(wid)
+    return _status_from(rt, wid, info), info or {}
+
+
+def _status_from(rt: Runtime, wid: str, info: dict[str, Any] | None) -> WorkflowStatus:
     if info is None:
         loaded = load(rt.storage, wid, strict=False)
         if loaded is None:
@@ -492,17 +529,21 @@ def list_all(
     if status_filter is not None:
         items = [status_filter] if isinstance(status_filter, (str, WorkflowStatus)) else list(status_filter)
         wanted = {WorkflowStatus(s) for s in items}
+    return [(wid, status) for wid, status, _ in _scan(rt, wanted)]
+
+
+def _scan(rt: Runtime, wanted: set[WorkflowStatus] | None) -> list[tuple[str, WorkflowStatus, dict[str, Any]]]:
+    """``(id, status, status index)`` of every workflow (in ``wanted``), newest first."""
     found = []
     for wid in rt.storage.children("workflows"):
         try:
-            status = _status(rt, wid)
+            status, info = _status_and_index(rt, wid)
         except WorkflowNotFoundError:
             continue
         if wanted is None or status in wanted:
-            info = read_status(rt.storage, wid) or {}
-            found.append((info.get("start_time") or 0.0, wid, status))
-    found.sort(key=lambda t: (-t[0], t[1]))
-    return [(wid, status) for _, wid, status in found]
+            found.append((wid, status, info))
+    found.sort(key=lambda t: (-(t[2].get("start_time") or 0.0), t[0]))
+    return found
 
 
 def cancel(workflow_id: str) -> None:
@@ -531,7 +572,7 @@ def _record_cancel(rt: Runtime, state: WorkflowState, journal: Journal) -> None:
     record = ("cancel", time.time())
     journal.append([record])
     state.apply(record)
-    update_status(rt.storage, state.workflow_id, "CANCELED", ended=True)
+    rt.update_index(state.workflow_id, "CANCELED", ended=True)
 
 
 def delete(workflow_id: str) -> None:
@@ -540,6 +581,7 @@ def delete(workflow_id: str) -> None:
     wid = validate_id(workflow_id)
     if rt.local_run(wid) is not None:
         raise WorkflowRunningError(f"workflow {wid!r} is running in this process; cancel it first", workflow_id=wid)
+    rt.flush_index(wid)  # else an index write still queued would bring part of it back
     lease = rt.storage.acquire_lease(lease_key(wid), owner_info())
     if lease is None:
         raise WorkflowRunningError(f"workflow {wid!r} is running in a live process; cancel it first", workflow_id=wid)
@@ -564,7 +606,7 @@ def get_metadata(workflow_id: str, name: str | None = None) -> dict[str, Any]:
         state = require(rt.storage, wid)[0]
     if name is None:
         status = _status(rt, wid)
-        info = read_status(rt.storage, wid) or {}
+        info = rt.read_index(wid) or {}
         stats: dict[str, Any] = {"start_time": state.start_time}
         end = info.get("end_time") if status != WorkflowStatus.RUNNING else None
         if end is None and state.finished:

@@ -32,7 +32,7 @@ current_step: contextvars.ContextVar[str | None] = contextvars.ContextVar("keelf
 _ids = random.Random(os.urandom(32))
 
 
-def _new_id() -> str:
+def new_id() -> str:
     return f"{_ids.getrandbits(128):032x}"
 
 
@@ -66,7 +66,7 @@ class ObjectRef(Generic[T]):
             return ref._id
 
         data = serialization.encode(value, what="the value given to workflow.put", on_ref=on_ref)
-        ref: ObjectRef[Any] = cls(_new_id(), data, refs)
+        ref: ObjectRef[Any] = cls(new_id(), data, refs)
         ref._value = value if _immutable(value) else _MISSING
         return ref
 
@@ -108,7 +108,7 @@ class FutureRef(ObjectRef[T]):
     __slots__ = ("_future", "_workflow_id")
 
     def __init__(self, future: concurrent.futures.Future[Any], workflow_id: str | None = None) -> None:
-        super().__init__(_new_id())
+        super().__init__(new_id())
         self._future = future
         self._workflow_id = workflow_id
 

@@ -71,6 +71,9 @@ _LINGER = 0.002
 #: Once a journal generation holds this much, the owner starts the next with a snapshot (and
 #: drops the one before the current): first reads stay short however long an actor lives.
 ROTATE_BYTES = 16 << 20
+#: How long results of other processes' calls are carried into new generations.
+RESULTS_KEPT_FOR = 120.0
+_RECENT_RESULTS = 10_000
 #: Keys of recent calls remembered, to skip an inbox entry a crashed owner had already moved.
 _RECENT_KEYS = 100_000
 
@@ -296,6 +299,10 @@ class ActorHost:
         self.key_of: dict[int, str] = {}  # seq -> key, for pending calls
         self.running: tuple[int, str | None] | None = None  # (seq, sub-workflow id) of the call in hand
         self._aliases: dict[str, int] = {}  # repeated idempotent call key -> the call answering it
+        # Results of calls made by other processes (which follow the journal for them), kept a
+        # while and carried into new generations: a follower that slept through a generation
+        # still finds its result.
+        self.recent_results: collections.OrderedDict[str, tuple[float, tuple[Any, ...]]] = collections.OrderedDict()
         self._runner: threading.Thread | None = None
         self._follower: threading.Thread | None = None
         self._stopped = False
@@ -335,6 +342,10 @@ class ActorHost:
                 self.state = state
             self.pending.pop(seq, None)
             key = self.key_of.pop(seq, None)
+            if key is not None and not key.endswith(_proc_token):  # another process's call
+                self.recent_results[key] = (time.time(), rec)
+                if len(self.recent_results) > _RECENT_RESULTS:
+                    self.recent_results.popitem(last=False)
             if not self.pending:
                 self.subs.clear()
             if key is not None:
@@ -357,10 +368,21 @@ class ActorHost:
             "conts": {c.seq: c.sub_id for c in self.pending.values() if c.sub_id is not None},
             "subs": list(self.subs.values()),
             "idem": dict(self.idem),
+            "results": self._recent_results(),
             "time": time.time(),
         }
 
+    def _recent_results(self) -> dict[str, tuple[float, tuple[Any, ...]]]:
+        cutoff = time.time() - RESULTS_KEPT_FOR
+        while self.recent_results and next(iter(self.recent_results.values()))[0] < cutoff:
+            self.recent_results.popitem(last=False)
+        return dict(self.recent_results)
+
     def _apply_snapshot(self, info: dict[str, Any]) -> None:
+        for key, (when, rec) in info.get("results", {}).items():
+            self.recent_results.setdefault(key, (when, rec))
+            if key in self.futures:
+                self._settle(key, rec)
         known = dict(self.key_of)
         self.state = info["state"]
         self.failed = info["failed"]
@@ -380,6 +402,12 @@ class ActorHost:
                 except CorruptCheckpointError as e:
                     for fut in self.futures.pop(key, []):
                         fut.set_exception(e)
+        # Calls of ours from the inbox that we never saw at all: look for them by key.
+        queued = {c.key for c in self.pending.values()}
+        for key in [k for k in self.futures if k not in queued]:
+            rec = self._find_result_of_key(key)
+            if rec is not None:
+                self._settle(key, rec)
 
     def _maybe_rotate(self) -> None:
         """Owner, holding ``lock``, between calls: start a new generation if this one is big."""
@@ -427,6 +455,16 @@ class ActorHost:
                 return e
         exc_blob, tb = payload
         return call_error(self.actor_id, seq, exc_blob, tb)
+
+    def _find_result_of_key(self, key: str) -> tuple[Any, ...] | None:
+        """The result of the call made under ``key``, if the journals kept still have it."""
+        seq = None
+        for rec in read_journals(self.storage, self.actor_id):
+            if rec[0] == "call" and rec[2] == key:
+                seq = rec[1]
+            elif rec[0] == "result" and rec[1] == seq:
+                return rec
+        return None
 
     def _find_result(self, seq: int) -> tuple[Any, ...]:
         """A finished call's result record, read back from the journals kept (rare path)."""

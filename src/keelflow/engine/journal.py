@@ -22,11 +22,11 @@ import collections
 import json
 import logging
 import time
-import uuid
 from typing import Any
 
 from .. import serialization
 from ..errors import CorruptCheckpointError, StorageError, StorageFormatError
+from ..objects import new_id
 from ..storage import Storage
 
 __all__ = ["BLOB_THRESHOLD", "Journal", "check_format", "read_status", "write_status"]
@@ -269,7 +269,7 @@ class Journal:
         """``data`` itself, or a pointer to a blob holding it when it is large."""
         if len(data) <= BLOB_THRESHOLD:
             return data
-        key = f"{self.root}/blobs/{uuid.uuid4().hex}"
+        key = f"{self.root}/blobs/{new_id()}"
         self.storage.put(key, serialization.frame(data))
         return ("blob", key)
 
