@@ -53,6 +53,7 @@ T_COLD = "<= 0.5 s"
 T_ACTOR_SEQ = ">= 300 calls/s"
 T_ACTOR_PIPE = ">= 1,000 calls/s"
 T_ACTOR_READ = ">= 5,000 calls/s"
+T_SLEEPERS = "< 5 s, < 300 MiB, threads flat"
 
 # -- one-step cold: a whole `python -c` run per system ------------------------------------------
 COLD_CODE = {
@@ -371,7 +372,7 @@ class Runner:
 
 
 # -- the keelflow workloads --------------------------------------------------------------------------
-GROUPS = ["import", "cold", "warm", "chain", "fanout", "fib", "resume", "memory", "cpu", "actor"]
+GROUPS = ["import", "cold", "warm", "chain", "fanout", "fib", "resume", "memory", "cpu", "actor", "sleepers"]
 
 
 def sizes(quick: bool) -> dict[str, Any]:
@@ -714,6 +715,25 @@ def run_keelflow(r: Runner) -> None:
         bench_cpu(r, *s["cpu"])
     if wanted(only, "actor") or any(o.startswith("actor-") for o in only or []):
         bench_actor(r, s["actor"])
+    if wanted(only, "sleepers"):
+        bench_sleepers(r, 200 if r.args.quick else 1000)
+
+
+def bench_sleepers(r: Runner, n: int) -> None:
+    """``n`` workflows each sleeping 1 s in one ``keelflow worker`` (see kf_sleepers.py)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    cmd = [sys.executable, os.path.join(here, "kf_sleepers.py"), "--n", str(n), "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        r.log(f"  sleepers-{n}: failed: {done.stderr.strip()[-500:]}")
+        return
+    res = json.loads(done.stdout.strip().splitlines()[-1])
+    note = (
+        f"all done {res['all_done_s']:.2f} s after the worker started; worker peak RSS "
+        f"{res['peak_rss_mib']:.0f} MiB; threads {res['threads_first']} at start, {res['threads_max']} at most; "
+        f"submit {res['submit_ms_per_workflow']:.2f} ms per workflow"
+    )
+    r.add(f"sleepers-{n}", {"total_s": res["all_done_s"], "sleepers": res}, T_SLEEPERS, note=note)
 
 
 def flatness(rows: list[dict[str, Any]]) -> list[str]:

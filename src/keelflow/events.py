@@ -166,6 +166,11 @@ class EventStep(StepFunction[Any]):
     def __init__(self, listener: type[EventListener]) -> None:
         super().__init__(listener, StepOptions(max_retries=0))
         self._listener = listener
+        # A listener with an event_checkpointed of its own is told, and that is recorded;
+        # one without (timers) skips that round trip and its journal write.
+        hook = getattr(listener, "event_checkpointed", None)
+        if hook is not None and hook is not EventListener.event_checkpointed:
+            self.kind = "event_ack"  # type: ignore[misc]
         try:
             self._poll_signature: inspect.Signature | None = inspect.signature(listener.poll_for_event)
         except (TypeError, ValueError):

@@ -33,7 +33,8 @@ class FuncEntry:
     options_blob: bytes
     # Where its steps run: "" on the executor; "inline" on a thread of the scheduler's own
     # process (actor method steps, which act on state this process holds); "event" on the
-    # scheduler's event loop (event listeners: no thread each).
+    # scheduler's event loop (event listeners: no thread each), "event_ack" likewise for a
+    # listener whose event_checkpointed must be called (and its call recorded).
     kind: str = ""
 
     def to_record(self) -> tuple[Any, ...]:

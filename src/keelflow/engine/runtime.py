@@ -416,7 +416,7 @@ class Runtime:
         if entry.kind == "inline":
             self._run_inline(task_id, entry, payload)
             return
-        if entry.kind == "event":
+        if entry.kind in ("event", "event_ack"):
             self._event_loop().poll(task_id, self._local_func(entry), payload, self._deliver)
             return
         self.executor.submit(Task(task_id, RUNNER, entry.key, entry.blob, payload, demand, node.name))
@@ -522,7 +522,7 @@ class Runtime:
             run.records.append(
                 ("done", index, run.journal.spill(data), refs, self._new_objects(run, objects), (start, end, attempts))
             )
-            if state.funcs[node.func].kind == "event":
+            if state.funcs[node.func].kind == "event_ack":
                 run.to_ack.append((index, outcome.task_id))
         elif kind == "cont":
             _, dag_record, _s, end = result

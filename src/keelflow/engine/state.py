@@ -197,7 +197,7 @@ class WorkflowState:
         self.objects.update(objects)
         node = self.nodes[index]
         node.start, node.end, node.attempts = stats
-        if self.funcs[node.func].kind == "event":
+        if self.funcs[node.func].kind == "event_ack":
             self.unacked[index] = output
         if node.continued is None:
             self._release_inputs(node)
