@@ -47,7 +47,6 @@ __all__ = [
 
 _lock = threading.Lock()
 _hosts: dict[str, ActorHost] = {}
-_readers: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 # -- declaring ----------------------------------------------------------------------------------
@@ -270,14 +269,6 @@ def _read(host: ActorHost, name: str, args: tuple[Any, ...], kwargs: dict[str, A
     return getattr(host.cls, name)(inst, *args, **kwargs)
 
 
-def _reader_pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _readers
-    with _lock:
-        if _readers is None:
-            _readers = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="keelflow-actor-read")
-        return _readers
-
-
 def _refuse_waiting_on_itself(actor_id: str, qualname: str) -> None:
     """A step of the workflow an actor call returned cannot wait for another call of that
     actor: the call runs after the one waiting for the step. Say so instead of hanging."""
@@ -324,7 +315,7 @@ class ActorMethod:
         args, kwargs = _resolve_top(args, kwargs)
         host = _host(self._actor_id, self._cls)
         if self._method.readonly:
-            return _reader_pool().submit(_read, host, self._name, args, kwargs)
+            return api._helper_pool().submit(_read, host, self._name, args, kwargs)
         packed = encode_value((args, kwargs), f"the arguments of {self._qualname} on actor {self._actor_id!r}")
         return host.submit(self._name, packed, here=here)
 
@@ -431,6 +422,19 @@ def _records(actor_id: str) -> tuple[dict[str, Any], tuple[str, bytes], list[tup
     return header, state, records, inbox
 
 
+def _queued_call(seq: int | None, method: str, submitted: float) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "method": method,
+        "status": "QUEUED",
+        "submitted": submitted,
+        "start_time": None,
+        "end_time": None,
+        "error": None,
+        "workflow_id": None,
+    }
+
+
 def list_actor_calls(actor_id: str, status: str | None = None) -> list[dict[str, Any]]:
     """The actor's mutating calls, oldest first: ``seq``, ``method``, ``status`` (``QUEUED``,
     ``RUNNING``, ``SUCCESSFUL``, ``FAILED``), ``submitted``, ``start_time``, ``end_time``,
@@ -453,16 +457,7 @@ def list_actor_calls(actor_id: str, status: str | None = None) -> list[dict[str,
         kind = rec[0]
         if kind == "call" and rec[1] not in calls:
             _, seq, _key, _idem, method, _args, submitted = rec
-            calls[seq] = {
-                "seq": seq,
-                "method": method,
-                "status": "QUEUED",
-                "submitted": submitted,
-                "start_time": None,
-                "end_time": None,
-                "error": None,
-                "workflow_id": None,
-            }
+            calls[seq] = _queued_call(seq, method, submitted)
         elif kind == "cont" and rec[1] in calls:
             calls[rec[1]]["workflow_id"] = rec[3]
             calls[rec[1]]["status"] = "RUNNING"
@@ -477,19 +472,8 @@ def list_actor_calls(actor_id: str, status: str | None = None) -> list[dict[str,
     queued = [c for c in out if c["status"] == "QUEUED"]
     if running and queued and not any(c["status"] == "RUNNING" for c in out):
         queued[0]["status"] = "RUNNING"  # the owner is alive, so its first queued call runs
-    for _key, _idem, method, _args, submitted in inbox:
-        out.append(
-            {
-                "seq": None,
-                "method": method,
-                "status": "QUEUED",
-                "submitted": submitted,
-                "start_time": None,
-                "end_time": None,
-                "error": None,
-                "workflow_id": None,
-            }
-        )
+    # Calls in the inbox have no sequence number until the owner takes them in.
+    out.extend(_queued_call(None, method, submitted) for _key, _idem, method, _args, submitted in inbox)
     if status is not None:
         out = [c for c in out if c["status"] == status]
     return out
