@@ -529,11 +529,6 @@ def list_all(
     if status_filter is not None:
         items = [status_filter] if isinstance(status_filter, (str, WorkflowStatus)) else list(status_filter)
         wanted = {WorkflowStatus(s) for s in items}
-    return [(wid, status) for wid, status, _ in _scan(rt, wanted)]
-
-
-def _scan(rt: Runtime, wanted: set[WorkflowStatus] | None) -> list[tuple[str, WorkflowStatus, dict[str, Any]]]:
-    """``(id, status, status index)`` of every workflow (in ``wanted``), newest first."""
     found = []
     for wid in rt.storage.children("workflows"):
         try:
@@ -541,9 +536,9 @@ def _scan(rt: Runtime, wanted: set[WorkflowStatus] | None) -> list[tuple[str, Wo
         except WorkflowNotFoundError:
             continue
         if wanted is None or status in wanted:
-            found.append((wid, status, info))
-    found.sort(key=lambda t: (-(t[2].get("start_time") or 0.0), t[0]))
-    return found
+            found.append((-(info.get("start_time") or 0.0), wid, status))
+    found.sort(key=lambda t: (t[0], t[1]))
+    return [(wid, status) for _, wid, status in found]
 
 
 def cancel(workflow_id: str) -> None:
