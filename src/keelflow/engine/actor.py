@@ -458,23 +458,26 @@ class ActorHost:
 
     def _find_result_of_key(self, key: str) -> tuple[Any, ...] | None:
         """The result of the call made under ``key``, if the journals kept still have it."""
-        seq = None
-        for rec in read_journals(self.storage, self.actor_id):
-            if rec[0] == "call" and rec[2] == key:
-                seq = rec[1]
-            elif rec[0] == "result" and rec[1] == seq:
-                return rec
-        return None
+        return self._lookup(key=key)
 
     def _find_result(self, seq: int) -> tuple[Any, ...]:
         """A finished call's result record, read back from the journals kept (rare path)."""
+        rec = self._lookup(seq=seq)
+        if rec is None:
+            raise CorruptCheckpointError(
+                f"actor {self.actor_id!r} no longer stores the result of call #{seq} (compacted away)",
+                path=self.journal.path,
+            )
+        return rec
+
+    def _lookup(self, seq: int | None = None, key: str | None = None) -> tuple[Any, ...] | None:
+        """The result record of call ``seq``, or of the call made under ``key``."""
         for rec in read_journals(self.storage, self.actor_id):
-            if rec[0] == "result" and rec[1] == seq:
+            if key is not None and rec[0] == "call" and rec[2] == key:
+                seq = rec[1]
+            elif rec[0] == "result" and seq is not None and rec[1] == seq:
                 return rec
-        raise CorruptCheckpointError(
-            f"actor {self.actor_id!r} no longer stores the result of call #{seq} (compacted away)",
-            path=self.journal.path,
-        )
+        return None
 
     def _follow(self) -> None:
         """Read what others appended (caller holds ``lock``), into newer generations too."""
@@ -556,10 +559,15 @@ class ActorHost:
     def touch(self) -> None:
         """Catch up; if calls are waiting and nobody runs them, run them (recovery)."""
         with self.lock:
-            if self.lease is None and not self._stopped:
-                self._follow()
-                if self.pending or self._inbox():
-                    self._recover()
+            self._catch_up(inbox_too=True)
+
+    def _catch_up(self, inbox_too: bool) -> None:
+        """Unless we own it: read what others committed, and take over calls nobody runs
+        (queued in the journal, or with ``inbox_too`` in the inbox). Caller holds ``lock``."""
+        if self.lease is None and not self._stopped:
+            self._follow()
+            if self.pending or (inbox_too and self._inbox()):
+                self._recover()
 
     def _recover(self) -> None:
         """Run calls a dead owner left, if the lease is free (caller holds ``lock``)."""
@@ -852,10 +860,7 @@ class ActorHost:
     def committed(self) -> tuple[str, bytes]:
         """The last committed state, caught up with other processes."""
         with self.lock:
-            if self.lease is None:
-                self._follow()
-                if self.pending and not self._stopped:
-                    self._recover()  # calls queued in the journal and nobody running them
+            self._catch_up(inbox_too=False)  # a read must stay cheap: no inbox listing
             return self.state
 
     def stop(self) -> None:

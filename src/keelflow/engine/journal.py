@@ -64,6 +64,10 @@ def check_format(storage: Storage) -> None:
         )
 
 
+def _encode(records: list[tuple[Any, ...]]) -> bytes:
+    return b"".join(serialization.frame(serialization.dump_record(r)) for r in records)
+
+
 class Journal:
     """The append-only record log of one workflow.
 
@@ -98,7 +102,7 @@ class Journal:
         return self.storage.get(self.key) is not None
 
     def append(self, records: list[tuple[Any, ...]]) -> None:
-        data = b"".join(serialization.frame(serialization.dump_record(r)) for r in records)
+        data = _encode(records)
         if not self.segmented:
             self.storage.append(self.key, data)
             return
@@ -242,7 +246,7 @@ class Journal:
 
     def append_owned(self, records: list[tuple[Any, ...]]) -> None:
         """:meth:`append` by the sole writer, keeping :meth:`read_new` past its own records."""
-        data = b"".join(serialization.frame(serialization.dump_record(r)) for r in records)
+        data = _encode(records)
         if self.segmented:
             self._write_segment(data)
             self._cursor = self._next_segment or 0
@@ -253,7 +257,7 @@ class Journal:
 
     def start(self, records: list[tuple[Any, ...]]) -> bool:
         """Create the journal holding ``records``, atomically; False if it exists already."""
-        data = b"".join(serialization.frame(serialization.dump_record(r)) for r in records)
+        data = _encode(records)
         key = f"{self.key}/{0:012d}" if self.segmented else self.key
         if not self.storage.put_if_absent(key, data):
             return False
