@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import keelflow as workflow
+from s3server import s3_bucket, s3_server  # noqa: F401 - fixtures for every test module
 
 TESTS = Path(__file__).parent
 # Test helper modules (steps importable by reference in worker processes) live beside the tests.
@@ -26,10 +27,43 @@ def _isolated_keelflow(tmp_path, monkeypatch):
     workflow.shutdown()
 
 
-@pytest.fixture(params=["local", "thread"])
+@pytest.fixture(params=["local", "thread", "ray"])
 def executor(request):
-    """Run the test on each local executor."""
+    """Run the test on each executor; ``ray`` steps run on the session's Ray cluster."""
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")
     return request.param
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real two-node Ray cluster on 127.0.0.1, for the whole session (start-up is slow)."""
+    pytest.importorskip("ray")
+    from raycluster import RayCluster
+
+    cluster = RayCluster().start()
+    previous = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = cluster.address  # drivers here and in subprocesses find it
+    try:
+        yield cluster
+    finally:
+        import ray
+
+        workflow.shutdown()
+        ray.shutdown()
+        if previous is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = previous
+        cluster.stop()
+
+
+def pytest_collection_modifyitems(items):
+    # `-m "not ray"` leaves the Ray variants out of a quick run.
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "ray" in callspec.params.values():
+            item.add_marker(pytest.mark.ray)
 
 
 @pytest.fixture

@@ -882,12 +882,16 @@ def test_step_needing_more_cpus_than_the_machine_fails_clearly(kf):
 
 
 def test_declared_num_cpus(storage, executor):
+    if executor == "ray":
+        pytest.skip("on Ray, resources are declared by `ray start`; test_ray.py covers placement")
     workflow.init(storage, executor=executor, num_cpus=64)
     assert seedsteps.one.options(num_cpus=48).step().run() == 1
 
 
 @pytest.mark.timeout(60)
 def test_custom_resources_declared_at_init(storage, executor):
+    if executor == "ray":
+        pytest.skip("on Ray, resources are declared by `ray start`; test_ray.py covers placement")
     workflow.init(storage, executor=executor, resources={"db": 2})
     needs_two = seedsteps.one.options(resources={"db": 2}).step()
     assert seedsteps.add.options(resources={"db": 1}).step(1, needs_two).run() == 2

@@ -1,7 +1,8 @@
 """The engine's contract, run against every kind of storage backend (parametrised, not copied).
 
-Besides the file and memory backends, two variants that cannot append stand in for object
-stores: the engine then writes one journal segment per append with put-if-absent.
+Besides the file, memory and S3 backends, two variants that cannot append stand in for object
+stores without a server: the engine then writes one journal segment per append with
+put-if-absent, as it does on S3.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ import pytest
 
 import keelflow as workflow
 from keelflow.engine.journal import Journal
+from keelflow.storage import open_storage
 from keelflow.storage.file import FileStorage
 from keelflow.storage.memory import MemoryStorage
+from s3server import new_bucket, s3_url
+
+# Fixtures: the session's S3 server (one per session).
 
 
 class SegmentedFile(FileStorage):
@@ -24,19 +29,22 @@ class SegmentedMemory(MemoryStorage):
     can_append = False
 
 
-def _make(kind: str, tmp_path):
+def _make(kind: str, tmp_path, request):
     if kind == "file":
         return FileStorage(tmp_path / "s")
     if kind == "memory":
         return MemoryStorage()
     if kind == "segmented-file":
         return SegmentedFile(tmp_path / "s")
+    if kind == "s3":
+        request.getfixturevalue("s3_server")
+        return open_storage(s3_url(new_bucket(), "kf"))
     return SegmentedMemory()
 
 
-@pytest.fixture(params=["file", "memory", "segmented-file", "segmented-memory"])
+@pytest.fixture(params=["file", "memory", "segmented-file", "segmented-memory", "s3"])
 def backend(request, tmp_path):
-    store = _make(request.param, tmp_path)
+    store = _make(request.param, tmp_path, request)
     workflow.init(store, executor="thread")
     yield store
     workflow.shutdown()

@@ -68,10 +68,15 @@ def crash_at(h: cs.Harness, s: dict, key: str, wid: str = WID, before_kill=None)
     kids = cs.descendants(proc.pid)
     if h.executor == "local":
         assert blocked != proc.pid and blocked in kids, "local executor: steps run in worker processes"
+    elif h.executor == "ray":
+        assert blocked != proc.pid and blocked not in kids, "ray executor: steps run in Ray's workers"
     else:
         assert blocked == proc.pid, "thread executor: steps run in the driver process"
     killed = h.crash(proc)  # also waits until every worker process is gone
     assert set(kids) <= set(killed) and not any(cs.alive(p) for p in killed)
+    if h.executor == "ray":
+        # Ray ends a dead driver's tasks itself: the step must not go on after the release.
+        cs.wait_gone([blocked], 60.0)
     h.release(key)
     return len(h.executions())
 

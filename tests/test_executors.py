@@ -120,6 +120,28 @@ def make(request: pytest.FixtureRequest, made: list[Executor]) -> Callable[..., 
     return factory
 
 
+@pytest.fixture(params=["local", "thread", "ray"])
+def make_any(request: pytest.FixtureRequest, made: list[Executor]) -> Callable[..., Executor]:
+    """For the parts of the contract that do not depend on capacity, which on Ray is the
+    cluster's (``num_cpus`` is not passed to it)."""
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")
+        from keelflow.executors.ray import RayExecutor
+
+        def ray_factory(**kwargs: Any) -> Executor:
+            made.append(ex := RayExecutor(None))
+            return ex
+
+        return ray_factory
+    cls = {"local": ProcessExecutor, "thread": ThreadExecutor}[request.param]
+
+    def factory(**kwargs: Any) -> Executor:
+        made.append(ex := cls(**kwargs))
+        return ex
+
+    return factory
+
+
 @pytest.fixture
 def make_process(made: list[Executor]) -> Callable[..., ProcessExecutor]:
     def factory(**kwargs: Any) -> ProcessExecutor:
@@ -132,8 +154,8 @@ def make_process(made: list[Executor]) -> Callable[..., ProcessExecutor]:
 # -- the shared contract -------------------------------------------------------------------
 
 
-def test_results_come_back(make: Callable[..., Executor]) -> None:
-    ex = make(num_cpus=2)
+def test_results_come_back(make_any: Callable[..., Executor]) -> None:
+    ex = make_any(num_cpus=2)
     tasks = [make_task(r.echo, i) for i in range(20)]
     assert [value(o) for o in run_all(ex, tasks)] == list(range(20))
 
@@ -144,8 +166,8 @@ def test_a_flood_of_trivial_tasks_streams(make: Callable[..., Executor]) -> None
     assert [value(o) for o in run_all(ex, tasks)] == list(range(3000))
 
 
-def test_large_payloads_and_results(make: Callable[..., Executor]) -> None:
-    ex = make(num_cpus=2)
+def test_large_payloads_and_results(make_any: Callable[..., Executor]) -> None:
+    ex = make_any(num_cpus=2)
     big = b"y" * 5_000_000
     (o,) = run_all(ex, [make_task(len, big)])
     assert value(o) == len(big)
@@ -230,8 +252,8 @@ def test_a_task_that_does_not_fit_does_not_block_later_ones(make: Callable[..., 
     assert [value(o) for o in outcomes] == [True, "b", None]
 
 
-def test_runner_errors_are_reported(make: Callable[..., Executor]) -> None:
-    ex = make(num_cpus=1)
+def test_runner_errors_are_reported(make_any: Callable[..., Executor]) -> None:
+    ex = make_any(num_cpus=1)
     broken = make_task(r.echo, 1)
     broken.runner = "_executor_runners:broken_runner"
     bad_blob = make_task(r.echo, 2, key="bad-blob")
@@ -267,8 +289,8 @@ def test_cancel_drops_pending_tasks(make: Callable[..., Executor], tmp_path: Pat
     assert ex.wait(0.2) == []
 
 
-def test_cancel_of_a_running_task_gives_no_outcome(make: Callable[..., Executor], tmp_path: Path) -> None:
-    ex = make(num_cpus=1)
+def test_cancel_of_a_running_task_gives_no_outcome(make_any: Callable[..., Executor], tmp_path: Path) -> None:
+    ex = make_any(num_cpus=1)
     release = tmp_path / "release"
     started = tmp_path / "started"
     running = make_task(r.wait_for_file, str(release), 15.0)
@@ -284,8 +306,8 @@ def test_cancel_of_a_running_task_gives_no_outcome(make: Callable[..., Executor]
     assert ex.wait(0.3) == []
 
 
-def test_wake_unblocks_a_wait(make: Callable[..., Executor]) -> None:
-    ex = make(num_cpus=1)
+def test_wake_unblocks_a_wait(make_any: Callable[..., Executor]) -> None:
+    ex = make_any(num_cpus=1)
     ex.wake()
     assert ex.wait(None) == []  # a wake before the wait counts
     returned: list[list[Outcome]] = []
@@ -297,8 +319,8 @@ def test_wake_unblocks_a_wait(make: Callable[..., Executor]) -> None:
     assert returned == [[]]
 
 
-def test_shutdown_is_idempotent(make: Callable[..., Executor]) -> None:
-    ex = make(num_cpus=1)
+def test_shutdown_is_idempotent(make_any: Callable[..., Executor]) -> None:
+    ex = make_any(num_cpus=1)
     run_all(ex, [make_task(r.echo, 1)])
     ex.shutdown()
     ex.shutdown()

@@ -43,3 +43,13 @@ def test_example_pipeline_runs_and_reads_back(tmp_path):
     second = run_python(code, timeout=120)
     assert second.returncode == 0, second.stderr
     assert first.stdout.splitlines()[0].split(" in ")[0] == second.stdout.splitlines()[0].split(" in ")[0]
+
+
+def test_readme_ray_example_runs_on_a_cluster_with_s3(ray_cluster, s3_bucket, tmp_path):
+    # ```py blocks need a Ray cluster or S3; this one runs on the test cluster and S3 server.
+    from s3server import s3_url
+
+    block = next(b for b in re.findall(r"```py\n(.*?)```", README.read_text(), re.S) if 'executor="ray"' in b)
+    code = block.replace("s3://my-bucket/flows", s3_url(s3_bucket, "readme"))
+    result = run_python(code, timeout=180, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr

@@ -13,16 +13,27 @@ from keelflow.errors import StorageError
 from keelflow.storage import open_storage
 from keelflow.storage.file import FileStorage
 from keelflow.storage.memory import MemoryStorage
+from s3server import new_bucket, s3_url
+
+# Fixtures: the session's S3 server (one per session).
 
 
-@pytest.fixture(params=["file", "memory"])
+@pytest.fixture(params=["file", "memory", "s3"])
 def store(request, tmp_path):
     if request.param == "file":
         s = open_storage(str(tmp_path / "s"))
+    elif request.param == "s3":
+        request.getfixturevalue("s3_server")
+        s = open_storage(s3_url(new_bucket(), "root"))
     else:
         s = open_storage("memory://")
     yield s
     s.close()
+
+
+def needs_append(store) -> None:
+    if not store.can_append:
+        pytest.skip(f"{type(store).__name__} cannot append (the journal writes segments instead)")
 
 
 def test_get_missing_is_none(store):
@@ -43,12 +54,14 @@ def test_put_if_absent(store):
 
 
 def test_append_creates_and_extends(store):
+    needs_append(store)
     store.append("w/j", b"ab")
     store.append("w/j", b"cd")
     assert store.get("w/j") == b"abcd"
 
 
 def test_put_replaces_an_appended_key_and_appends_continue(store):
+    needs_append(store)
     store.append("w/j", b"abcdef")
     store.put("w/j", b"abc")
     store.append("w/j", b"Z")

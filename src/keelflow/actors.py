@@ -259,6 +259,7 @@ class ActorHandle:
 
 def _resolve_top(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     # Refs passed directly as arguments arrive as their values, as with Ray actor calls.
+    # (isinstance holds for Ray's refs too.)
     args = tuple(get(a) if isinstance(a, ObjectRef) else a for a in args)
     kwargs = {k: get(v) if isinstance(v, ObjectRef) else v for k, v in kwargs.items()}
     return args, kwargs

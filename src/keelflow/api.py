@@ -86,8 +86,9 @@ def init(
     Args:
         storage: a path, ``file://…``, ``memory://[name]``, or a :class:`~keelflow.storage.Storage`
             of your own; default ``$KEELFLOW_STORAGE``, else ``~/.keelflow/storage``.
-        executor: ``"local"`` (worker processes, the default), ``"thread"``; default
-            ``$KEELFLOW_EXECUTOR``.
+        executor: ``"local"`` (worker processes, the default), ``"thread"``, or ``"ray"`` (Ray
+            tasks on the running cluster: ``$RAY_ADDRESS``, else ``ray.init(address="auto")``);
+            default ``$KEELFLOW_EXECUTOR``.
         num_cpus: CPUs the local executor may use at once (default: all cores).
         resources: custom resources this machine offers, e.g. ``{"GPU": 1, "db": 4}``.
 
@@ -145,17 +146,30 @@ def _make_executor(kind: str, store: Storage, num_cpus: float | None, resources:
     if kind == "local":
         from .executors.local import ProcessExecutor
 
-        env = {"KEELFLOW_EXECUTOR": "thread"}
-        if store.shared:
-            env["KEELFLOW_STORAGE"] = store.url
-        else:
-            env["KEELFLOW_WORKER_UNSHARED"] = store.url
-        return ProcessExecutor(num_cpus=num_cpus, num_gpus=gpus, resources=custom, env=env)
+        return ProcessExecutor(num_cpus=num_cpus, num_gpus=gpus, resources=custom, env=_worker_env(store))
     if kind == "thread":
         from .executors.thread import ThreadExecutor
 
         return ThreadExecutor(num_cpus=num_cpus, num_gpus=gpus, resources=custom)
-    raise KeelflowError(f"unknown executor {kind!r}; use 'local' or 'thread'")
+    if kind == "ray":
+        try:
+            from .executors.ray import RayExecutor
+        except ImportError as e:
+            raise KeelflowError(f"the Ray executor needs Ray: pip install 'keelflow[ray]' ({e})") from e
+        if num_cpus is not None or resources:
+            log.warning("keelflow: on Ray, resources are the cluster's; init's num_cpus and resources are not used")
+        return RayExecutor(store.url if store.shared else None, env=_worker_env(store))
+    raise KeelflowError(f"unknown executor {kind!r}; use 'local', 'thread' or 'ray'")
+
+
+def _worker_env(store: Storage) -> dict[str, str]:
+    """What a step's process needs to call keelflow itself (a nested workflow)."""
+    env = {"KEELFLOW_EXECUTOR": "thread"}
+    if store.shared:
+        env["KEELFLOW_STORAGE"] = store.url
+    else:
+        env["KEELFLOW_WORKER_UNSHARED"] = store.url
+    return env
 
 
 def shutdown() -> None:

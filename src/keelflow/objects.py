@@ -7,10 +7,13 @@ checkpointed — once per workflow, however many steps receive the ref.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextvars
 import os
 import random
+import sys
+import threading
 from typing import Any, Generic, TypeVar
 
 from . import serialization
@@ -36,8 +39,22 @@ def new_id() -> str:
     return f"{_ids.getrandbits(128):032x}"
 
 
-class ObjectRef(Generic[T]):
-    """A reference to a stored value. Pass it into steps; read it with ``workflow.get``."""
+class _RefType(type):
+    # On Ray the refs user code holds are Ray's, and ``isinstance(r, workflow.ObjectRef)``
+    # holds for them too, so code written for keelflow runs unchanged there.
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return cls in type(obj).__mro__ or (cls is ObjectRef and is_ray_ref(obj))
+
+
+def stored_ref(obj: Any) -> bool:
+    """Whether ``obj`` is keelflow's own ref (not a Ray one); cheaper than ``isinstance``."""
+    return ObjectRef in type(obj).__mro__
+
+
+class ObjectRef(Generic[T], metaclass=_RefType):
+    """A reference to a stored value. Pass it into steps; read it with ``workflow.get``.
+
+    With the Ray executor, ``put`` returns and steps receive Ray ObjectRefs instead."""
 
     __slots__ = ("__weakref__", "_data", "_id", "_refs", "_value")
 
@@ -130,13 +147,14 @@ class FutureRef(ObjectRef[T]):
         return self._future.result(timeout)  # type: ignore[no-any-return]
 
     def _get(self) -> T:
-        value = self.result()
-        return value._get() if isinstance(value, ObjectRef) else value
+        return get(self.result())  # type: ignore[no-any-return]
 
     def _settled(self) -> ObjectRef[T]:
         value = self.result()
-        if isinstance(value, ObjectRef):
-            return value._settled()
+        if stored_ref(value):
+            return value._settled()  # type: ignore[attr-defined, no-any-return]
+        if is_ray_ref(value):
+            return from_ray(value)
         return ObjectRef.of(value)
 
     def _bytes(self) -> tuple[bytes, dict[str, ObjectRef[Any]]]:
@@ -147,17 +165,80 @@ class FutureRef(ObjectRef[T]):
         return f"FutureRef({self._workflow_id or self._id}, {state})"
 
 
+# -- Ray interop ---------------------------------------------------------------------------------
+# With the Ray executor, the refs user code sees are Ray ObjectRefs (``ray.get`` works on them,
+# as in Ray Workflows). Wherever keelflow stores a value, a Ray ObjectRef inside it is replaced
+# by the keelflow ref standing for it: its value is fetched and stored once, and a Ray ref that
+# keelflow itself handed out maps back to the stored object it came from.
+_ray_mode = False
+_RAY_KNOWN_MAX = 4096
+_ray_known: collections.OrderedDict[bytes, ObjectRef[Any]] = collections.OrderedDict()
+_ray_lock = threading.Lock()
+
+
+def use_ray(on: bool) -> None:
+    """Hand out Ray ObjectRefs from ``put`` and to steps (set by the Ray executor)."""
+    global _ray_mode
+    _ray_mode = on
+
+
+def ray_mode() -> bool:
+    return _ray_mode
+
+
+def is_ray_ref(obj: Any) -> bool:
+    ray = sys.modules.get("ray")  # never imported here: only if the program uses Ray
+    return ray is not None and isinstance(obj, ray.ObjectRef)
+
+
+def _remember(key: bytes, ref: ObjectRef[Any]) -> None:
+    with _ray_lock:
+        _ray_known[key] = ref
+        _ray_known.move_to_end(key)
+        if len(_ray_known) > _RAY_KNOWN_MAX:  # forgetting only costs storing a value again
+            _ray_known.popitem(last=False)
+
+
+def from_ray(ray_ref: Any) -> ObjectRef[Any]:
+    """The keelflow ref standing for a Ray ObjectRef."""
+    key = ray_ref.binary()
+    with _ray_lock:
+        known = _ray_known.get(key)
+    if known is None:
+        import ray
+
+        known = ObjectRef.of(ray.get(ray_ref))
+        _remember(key, known)
+    return known
+
+
+def to_ray(ref: ObjectRef[Any]) -> Any:
+    """A Ray ObjectRef holding ``ref``'s value, that maps back to ``ref`` when stored."""
+    import ray
+
+    ray_ref = ray.put(ref._get())
+    _remember(ray_ref.binary(), ref)
+    return ray_ref
+
+
 def put(value: T) -> ObjectRef[T]:
-    """Store ``value`` as an object and return a ref to it."""
+    """Store ``value`` as an object and return a ref to it (a Ray ObjectRef on Ray)."""
+    if _ray_mode:
+        import ray
+
+        return ray.put(value)  # type: ignore[return-value]
     return ObjectRef.of(value)
 
 
 def get(ref: Any, timeout: float | None = None) -> Any:
     """The value behind a ref, a list of refs, or a plain value (returned as is)."""
+    if is_ray_ref(ref):
+        import ray
+
+        return ray.get(ref, timeout=timeout)
     if isinstance(ref, FutureRef):
-        value = ref.result(timeout)
-        return value._get() if isinstance(value, ObjectRef) else value
-    if isinstance(ref, ObjectRef):
+        return get(ref.result(timeout))
+    if stored_ref(ref):
         return ref._get()
     if isinstance(ref, list):
         return [get(r, timeout) for r in ref]

@@ -77,11 +77,13 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
 
     def reducer_override(self, obj: Any) -> Any:
         # Imported here: objects/step import this module.
-        from .objects import ObjectRef
+        from .objects import from_ray, is_ray_ref, stored_ref
         from .step import Workflow
 
-        if isinstance(obj, ObjectRef):
+        if stored_ref(obj):
             return _ref_placeholder, (self._on_ref(obj),)
+        if is_ray_ref(obj):
+            return _ref_placeholder, (self._on_ref(from_ray(obj)),)
         if isinstance(obj, Workflow):
             if self._on_node is None:
                 raise SerializationError(

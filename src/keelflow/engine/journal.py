@@ -29,7 +29,7 @@ from ..errors import CorruptCheckpointError, StorageError, StorageFormatError
 from ..objects import new_id
 from ..storage import Storage
 
-__all__ = ["BLOB_THRESHOLD", "Journal", "check_format", "read_status", "write_status"]
+__all__ = ["BLOB_THRESHOLD", "Journal", "check_format", "load_blob", "read_status", "store_blob", "write_status"]
 
 log = logging.getLogger("keelflow")
 
@@ -270,12 +270,11 @@ class Journal:
 
     # -- large values ---------------------------------------------------------------------------
     def spill(self, data: bytes) -> Any:
-        """``data`` itself, or a pointer to a blob holding it when it is large."""
-        if len(data) <= BLOB_THRESHOLD:
+        """``data`` itself, or a pointer to a blob holding it when it is large (a pointer
+        made by a worker that stored the blob itself is kept as it is)."""
+        if isinstance(data, tuple) or len(data) <= BLOB_THRESHOLD:
             return data
-        key = f"{self.root}/blobs/{new_id()}"
-        self.storage.put(key, serialization.frame(data))
-        return ("blob", key)
+        return store_blob(self.storage, f"{self.root}/blobs/", data)
 
     def load(self, value: Any) -> bytes:
         """The bytes behind what :meth:`spill` returned."""
@@ -288,14 +287,7 @@ class Journal:
         if cached is not None:
             self._blobs.move_to_end(key)
             return cached
-        raw = self.storage.get(key)
-        path = self.storage.location(key)
-        if raw is None:
-            raise CorruptCheckpointError(f"stored value {path} is missing", path=path)
-        payloads, end = serialization.scan_frames(raw)
-        if len(payloads) != 1 or end != len(raw):
-            raise CorruptCheckpointError(f"stored value {path} is truncated or damaged", path=path)
-        data = bytes(payloads[0])
+        data = load_blob(self.storage, key)
         # A large object handed to many steps is read once, not once per step.
         self._blobs[key] = data
         self._blob_bytes += len(data)
@@ -303,6 +295,25 @@ class Journal:
             _, dropped = self._blobs.popitem(last=False)
             self._blob_bytes -= len(dropped)
         return data
+
+
+def store_blob(storage: Storage, prefix: str, data: bytes) -> tuple[str, str]:
+    """Durably store a large value under ``prefix``; the pointer a journal record keeps."""
+    key = f"{prefix}{new_id()}"
+    storage.put(key, serialization.frame(data))
+    return ("blob", key)
+
+
+def load_blob(storage: Storage, key: str) -> bytes:
+    """The value :func:`store_blob` stored at ``key``; damage is named by path."""
+    raw = storage.get(key)
+    path = storage.location(key)
+    if raw is None:
+        raise CorruptCheckpointError(f"stored value {path} is missing", path=path)
+    payloads, end = serialization.scan_frames(raw)
+    if len(payloads) != 1 or end != len(raw):
+        raise CorruptCheckpointError(f"stored value {path} is truncated or damaged", path=path)
+    return bytes(payloads[0])
 
 
 def write_status(storage: Storage, workflow_id: str, info: dict[str, Any]) -> None:

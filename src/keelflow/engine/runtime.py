@@ -396,16 +396,27 @@ class Runtime:
         if problem is not None:
             self._fail(run, index, KeelflowError(f"step {node.name} cannot run: {problem}"), "", time.time())
             return
-        deps = {d - node.base: run.journal.load(state.nodes[d].output) for d in node.deps}
+        # A worker that reads storage itself is sent pointers to large values, not their bytes.
+        remote = entry.kind == "" and self.executor.reads_storage and self.storage.shared
+        blobs: list[str] = []
+
+        def value(stored: Any) -> Any:
+            if not remote:
+                return run.journal.load(stored)
+            if isinstance(stored, tuple):
+                blobs.append(stored[1])
+            return stored
+
+        deps = {d - node.base: value(state.nodes[d].output) for d in node.deps}
         wanted = list(node.refs)
         for d in node.deps:
             wanted.extend(state.nodes[d].out_refs)
-        objects: dict[str, tuple[bytes, tuple[str, ...]]] = {}
+        objects: dict[str, tuple[Any, tuple[str, ...]]] = {}
         while wanted:
             ref_id = wanted.pop()
             if ref_id not in objects:
                 data, nested = state.objects[ref_id]
-                objects[ref_id] = (run.journal.load(data), nested)
+                objects[ref_id] = (value(data), nested)
                 wanted.extend(nested)
         task_id = next(self._task_ids)
         payload = make_payload(run.workflow_id, node.name, node.args, deps, objects)
@@ -419,7 +430,10 @@ class Runtime:
         if entry.kind in ("event", "event_ack"):
             self._event_loop().poll(task_id, self._local_func(entry), payload, self._deliver)
             return
-        self.executor.submit(Task(task_id, RUNNER, entry.key, entry.blob, payload, demand, node.name))
+        spill = f"{run.journal.root}/blobs/" if remote else None
+        self.executor.submit(
+            Task(task_id, RUNNER, entry.key, entry.blob, payload, demand, node.name, tuple(blobs), spill)
+        )
 
     def _local_func(self, entry: FuncEntry) -> Any:
         func = self._local_funcs.get(entry.key)

@@ -9,16 +9,18 @@ continue a dynamic workflow.
 
 from __future__ import annotations
 
+import contextvars
 import pickle
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
 
 from .. import serialization
 from ..errors import KeelflowError, SerializationError
-from ..objects import ObjectRef, current_step, current_workflow
+from ..objects import ObjectRef, current_step, current_workflow, ray_mode, to_ray
 from ..step import StepFunction, Workflow, step
 from .dag import SubDag, collect_refs, flatten
 
@@ -39,20 +41,34 @@ def make_payload(
     return serialization.dump_record((workflow_id, step_name, args, deps, objects))
 
 
-class Refs:
-    """Builds ObjectRefs from the payload's object table, nested refs included, on demand."""
+#: Turns a value as the payload holds it into bytes. Payloads sent to workers that read
+#: storage themselves hold pointers to large values (see ``Executor.reads_storage``).
+load_value: contextvars.ContextVar[Callable[[Any], bytes]] = contextvars.ContextVar(
+    "keelflow_load_value", default=bytes
+)
 
-    def __init__(self, table: dict[str, tuple[bytes, tuple[str, ...]]]) -> None:
+
+class Refs:
+    """Builds ObjectRefs from the payload's object table, nested refs included, on demand.
+
+    ``present`` turns each into what user code is handed (a Ray ObjectRef on Ray)."""
+
+    def __init__(self, table: dict[str, tuple[Any, tuple[str, ...]]], present: bool = False) -> None:
         self._table = table
         self._built: dict[str, ObjectRef[Any]] = {}
+        self._present = present and ray_mode()
 
-    def __call__(self, ref_id: str) -> ObjectRef[Any]:
+    def __call__(self, ref_id: str) -> Any:
         ref = self._built.get(ref_id)
         if ref is None:
             data, nested = self._table[ref_id]
-            ref = ObjectRef(ref_id, data, {n: self(n) for n in nested})
+            ref = ObjectRef(ref_id, load_value.get()(data), {n: self.stored(n) for n in nested})
             self._built[ref_id] = ref
-        return ref
+        return to_ray(ref) if self._present else ref
+
+    def stored(self, ref_id: str) -> ObjectRef[Any]:
+        self(ref_id)
+        return self._built[ref_id]
 
 
 def portable(exc: BaseException) -> BaseException:
@@ -96,12 +112,15 @@ def decode_inputs(
     step_name: str, args_data: bytes, deps: dict[int, bytes], objects: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """A step's arguments, with the outputs and objects they name filled in."""
-    refs = Refs(objects)
+    refs = Refs(objects, present=True)
     outputs: dict[int, Any] = {}
+    load = load_value.get()
 
     def resolve_node(index: int) -> Any:
         if index not in outputs:
-            outputs[index] = serialization.decode(deps[index], what=f"an input of step {step_name}", resolve_ref=refs)
+            outputs[index] = serialization.decode(
+                load(deps[index]), what=f"an input of step {step_name}", resolve_ref=refs
+            )
         return outputs[index]
 
     args, kwargs = serialization.decode(

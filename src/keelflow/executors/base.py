@@ -38,6 +38,10 @@ class Task:
     demand: Demand = field(default_factory=Demand)
     # A short label for errors and logs (the step name).
     label: str = ""
+    # Only for executors with ``reads_storage``: blob keys the payload points at (instead of
+    # carrying their bytes), and where the worker stores large outputs itself.
+    blobs: tuple[str, ...] = ()
+    spill_prefix: str | None = None
 
 
 @dataclass
@@ -55,6 +59,10 @@ class Executor(abc.ABC):
     """Runs tasks somewhere and reports their outcomes."""
 
     name: str = "executor"
+    #: Its workers open the workflow's (shared) storage themselves: payloads may point at
+    #: stored blobs rather than carry them, and large outputs are stored by the worker, so
+    #: big values never pass through the scheduler's process.
+    reads_storage: bool = False
 
     @abc.abstractmethod
     def submit(self, task: Task) -> None:

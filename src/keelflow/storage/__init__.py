@@ -33,7 +33,7 @@ def open_storage(url: str | os.PathLike[str]) -> Storage:
 
         return MemoryStorage.named(text[len("memory://") :])
     if scheme == "s3":
-        raise StorageError(
-            "s3:// storage is not available in this keelflow release yet; use a local or shared directory"
-        )
+        from .s3 import S3Storage
+
+        return S3Storage.from_url(text)
     raise StorageError(f"unknown storage scheme {scheme!r} in {text!r}; use one of: path, {', '.join(_SCHEMES)}")
