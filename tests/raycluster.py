@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -98,11 +99,45 @@ class RayCluster:
         """Kill every process of this cluster (what `ray stop --force` does, but `ray stop`
         would also stop clusters that this test session did not start)."""
         try:
-            subprocess.run(["pkill", "-9", "-f", self.temp_dir], timeout=30)
-            for _ in range(50):
-                left = subprocess.run(["pgrep", "-f", self.temp_dir], capture_output=True, text=True)
-                if not left.stdout.strip():
+            for _ in range(100):
+                pids = self.pids()
+                if not pids:
                     break
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
                 time.sleep(0.1)
         finally:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def pids(self) -> list[int]:
+        """Live processes of this cluster: those naming its temp dir on their command line
+        (gcs, raylets, monitors), and everything they started (agents, workers: Ray renames
+        those, so only their parentage tells)."""
+        mark = self.temp_dir.encode()
+        parent: dict[int, int] = {}
+        marked = set()
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    cmdline = f.read()
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] in ("Z", "X"):
+                continue
+            parent[int(name)] = int(fields[1])
+            if mark in cmdline:
+                marked.add(int(name))
+        found = set(marked)
+        grew = True
+        while grew:
+            kids = {pid for pid, pp in parent.items() if pp in found} - found
+            found |= kids
+            grew = bool(kids)
+        return sorted(found)

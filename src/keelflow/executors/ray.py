@@ -33,6 +33,7 @@ import ray
 from .. import objects
 from ..engine.journal import BLOB_THRESHOLD, load_blob, store_blob
 from ..errors import KeelflowError
+from ..objects import new_id
 from ._worker import call_runner, prepare
 from .base import Demand, Executor, Outcome, Task
 
@@ -74,7 +75,10 @@ class RayExecutor(Executor):
         connect(address)
         objects.use_ray(True)  # refs handed to user code in the driver are Ray's too
         # The driver's environment goes along (see _prepare_process), and keelflow's own.
-        self._setup = (storage_url, list(sys.path), dict(os.environ), dict(env or {}))
+        setup = (storage_url, list(sys.path), dict(os.environ), dict(env or {}))
+        # Sent once into the object store; tasks carry only its key and ref (wrapped in a
+        # tuple so Ray does not fetch it for every task), and a worker fetches it when new.
+        self._setup = (new_id(), storage_url, (ray.put(setup),))
         self._remote = ray.remote(num_returns=2, max_retries=0)(_run)
         self._by_demand: dict[Demand, Any] = {}
         self._func_refs: dict[str, Any] = {}
@@ -185,15 +189,18 @@ _funcs: dict[str, Any] = {}
 _storages: dict[str, Any] = {}
 _own_env: frozenset[str] | None = None  # what the node set for this worker: never overridden
 _last_setup: Any = None
+_last_key: str | None = None
 
 
-def _prepare_process(setup: tuple[str | None, list[str], dict[str, str], dict[str, str]]) -> None:
+def _prepare_process(sent: tuple[str, str | None, tuple[Any]]) -> None:
     """The driver's import path, the driver's environment variables that the worker's node
     does not set itself (as a local worker process would inherit them), and keelflow's own
     settings for nested calls; Ray refs for user code."""
-    global _own_env, _last_setup
-    if setup is _last_setup or setup == _last_setup:
+    global _own_env, _last_setup, _last_key
+    if sent[0] == _last_key:
         return
+    setup = ray.get(sent[2][0])
+    _last_key = sent[0]
     if _own_env is None:
         _own_env = frozenset(os.environ)
         objects.use_ray(True)
@@ -231,7 +238,7 @@ def _run(
     prepared = prepare(_runners, _funcs, {func_key: func_blob}, runner, func_key)
     if isinstance(prepared, str):
         return (None, prepared, ()), None
-    url = setup[0]
+    url = setup[1]
     from ..engine import task as task_module
 
     known: dict[str, bytes] = {}
