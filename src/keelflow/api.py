@@ -538,6 +538,13 @@ def list_all(
     status_filter: WorkflowStatus | str | Iterable[WorkflowStatus | str] | None = None,
 ) -> list[tuple[str, WorkflowStatus]]:
     """``[(workflow_id, status), …]``, newest first, optionally filtered by status."""
+    return [(wid, status) for wid, status, _ in listing(status_filter)]
+
+
+def listing(
+    status_filter: WorkflowStatus | str | Iterable[WorkflowStatus | str] | None = None,
+) -> list[tuple[str, WorkflowStatus, dict[str, Any]]]:
+    """What :func:`list_all` returns, each with its status index (start and end times, …)."""
     rt = _runtime()
     wanted: set[WorkflowStatus] | None = None
     if status_filter is not None:
@@ -550,9 +557,9 @@ def list_all(
         except WorkflowNotFoundError:
             continue
         if wanted is None or status in wanted:
-            found.append((-(info.get("start_time") or 0.0), wid, status))
+            found.append((-(info.get("start_time") or 0.0), wid, status, info))
     found.sort(key=lambda t: (t[0], t[1]))
-    return [(wid, status) for _, wid, status in found]
+    return [(wid, status, info) for _, wid, status, info in found]
 
 
 def cancel(workflow_id: str) -> None:

@@ -119,6 +119,11 @@ class EventLoop:
             return
         done(None)
 
+    @property
+    def waiting(self) -> int:
+        """Event steps awaited now."""
+        return len(self._tasks)
+
     def cancel(self, task_ids: list[int]) -> None:
         with self._lock:
             futures = [self._tasks.pop(t) for t in task_ids if t in self._tasks]

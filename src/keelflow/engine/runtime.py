@@ -26,7 +26,7 @@ from typing import Any
 
 import cloudpickle
 
-from .. import serialization
+from .. import metrics, serialization
 from ..errors import KeelflowError, WorkflowCancelledError
 from ..executors.base import Demand, Executor, Outcome, Task
 from ..objects import new_id
@@ -102,6 +102,7 @@ class Runtime:
         self._index_pending: dict[str, concurrent.futures.Future[None]] = {}
         self._thread = threading.Thread(target=self._loop, name="keelflow-scheduler", daemon=True)
         self._thread.start()
+        metrics.events_waiting = lambda: self._events.waiting if self._events is not None else 0
 
     # -- called from user threads ---------------------------------------------------------------
     def call(self, fn: Callable[[], None]) -> None:
@@ -423,6 +424,7 @@ class Runtime:
         run.running[index] = task_id
         run.started.setdefault(index, time.time())
         run.attempts[index] += 1
+        metrics.step_started()
         self._tasks[task_id] = (run, index)
         if entry.kind == "inline":
             self._run_inline(task_id, entry, payload)
@@ -524,14 +526,18 @@ class Runtime:
                     outcome.error,
                     extra={"workflow_id": run.workflow_id, "step_name": node.name},
                 )
+                metrics.step_retried()
                 self._submit(run, index)
             else:
+                metrics.observe_step("failed", None)
                 self._fail(run, index, error, "", time.time())
             return
         result = serialization.load_record(outcome.result)
         kind = result[0]
         start = run.started.pop(index, result[-2])
+        took = result[-1] - result[-2]  # this attempt, as timed where it ran
         if kind == "ok":
+            metrics.observe_step("succeeded", took)
             _, data, refs, objects, _s, end = result
             run.records.append(
                 ("done", index, run.journal.spill(data), refs, self._new_objects(run, objects), (start, end, attempts))
@@ -539,6 +545,7 @@ class Runtime:
             if state.funcs[node.func].kind == "event_ack":
                 run.to_ack.append((index, outcome.task_id))
         elif kind == "cont":
+            metrics.observe_step("succeeded", took)
             _, dag_record, _s, end = result
             dag = SubDag.from_record(dag_record)
             dag.objects = self._new_objects(run, dag.objects)
@@ -555,10 +562,14 @@ class Runtime:
                     plain.get("max_retries", 3) + 1,
                     extra={"workflow_id": run.workflow_id, "step_name": node.name},
                 )
+                metrics.step_retried()
+                metrics.observe_step("retried", took)
                 self._submit(run, index)
             elif caught is not None:
+                metrics.observe_step("failed", took)
                 run.records.append(("done", index, run.journal.spill(caught), (), {}, (start, end, attempts)))
             else:
+                metrics.observe_step("failed", took)
                 self._fail(run, index, exc_blob, tb, end, start=start)
 
     def _new_objects(self, run: Run, objects: dict[str, tuple[bytes, tuple[str, ...]]]) -> dict[str, Any]:
