@@ -179,6 +179,40 @@ def test_http_events_reach_the_workflow(storage, tmp_path, workers):
     assert http("GET", f"{w.url}/workflows/order-7") == (200, {"workflow_id": "order-7", "status": "SUCCESSFUL"})
 
 
+def test_the_worker_serves_prometheus_metrics(storage, tmp_path, workers):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    import workersteps as ws
+
+    workflow.init(storage, executor="thread")
+    workflow.submit(ws.record.step(workflow.receive_event("go")), workflow_id="waits")
+    workflow.submit(ws.fails_once.step(str(tmp_path / "failed-once")), workflow_id="flaky")
+    w = workers("--port", "0")
+    wait_status("flaky", "SUCCESSFUL")
+    deadline = time.time() + 30
+    while True:  # the waiting workflow's event step is being awaited in the worker
+        with urllib.request.urlopen(f"{w.url}/metrics", timeout=10) as response:
+            assert response.headers["Content-Type"].startswith("text/plain")
+            text = response.read().decode()
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        if samples[("keelflow_events_waiting", ())] == 1 or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    assert samples[("keelflow_events_waiting", ())] == 1
+    assert samples[("keelflow_steps_retried_total", ())] >= 1
+    assert samples[("keelflow_steps_succeeded_total", ())] >= 1
+    assert samples[("keelflow_steps_started_total", ())] >= 3
+    assert samples[("keelflow_workflows", (("status", "SUCCESSFUL"),))] == 1
+    assert samples[("keelflow_workflows", (("status", "RUNNING"),))] == 1
+    assert samples[("keelflow_step_duration_seconds_count", (("outcome", "retried"),))] >= 1
+    http("POST", f"{w.url}/events/waits/go", b"1")
+    wait_status("waits", "SUCCESSFUL")
+
+
 def test_bad_http_input_gets_a_clear_4xx_and_changes_nothing(storage, tmp_path, workers):
     import workersteps as ws
 

@@ -34,3 +34,12 @@ def chain(length: int, seconds: float, prefix: str = "") -> workflow.Workflow[in
     for i in range(length):
         node = link.options(name=f"{prefix}link-{i}").step(f"{prefix}link-{i}", seconds, node)
     return node
+
+
+@workflow.step(max_retries=2)
+def fails_once(marker: str) -> str:
+    """Raises on its first attempt (a retry), then succeeds."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("first attempt fails")
+    return "second attempt"

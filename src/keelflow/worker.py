@@ -13,6 +13,7 @@ HTTP (bound to 127.0.0.1 unless told otherwise; any other address needs a token)
     POST /events/<workflow_id>/<key>   body: the JSON payload (empty body: null)
     GET  /workflows/<workflow_id>      {"workflow_id": ..., "status": ...}
     GET  /health                       {"status": "ok", "running": n}
+    GET  /metrics                      Prometheus metrics (see keelflow.metrics)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from . import api
+from . import api, metrics
 from .errors import InvalidIdError, KeelflowError, WorkflowNotFoundError
 
 __all__ = ["Worker"]
@@ -167,6 +168,13 @@ def _handler(worker: Worker) -> type[http.server.BaseHTTPRequestHandler]:
             parts = self._parts()
             if parts == ["health"]:
                 self._reply(200, {"status": "ok", "running": sum(not r.done() for r in worker.running.values())})
+            elif parts == ["metrics"]:
+                body, content_type = metrics.exposition()
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
             elif len(parts) == 2 and parts[0] == "workflows":
                 try:
                     status = api.get_status(parts[1])
