@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["BUCKETS", "exposition", "observe_step", "step_started", "step_retried", "snapshot"]
+__all__ = ["BUCKETS", "exposition", "observe_step", "snapshot", "step_retried", "step_started"]
 
 #: Upper bounds of the step duration histogram, in seconds.
 BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
@@ -81,7 +81,7 @@ def _families(statuses: dict[str, int] | None) -> Iterator[Any]:
     for outcome, (counts, total) in sorted(snap["durations"].items()):
         running = 0
         cumulative = []
-        for bound, count in zip([*map(str, BUCKETS), "+Inf"], counts):
+        for bound, count in zip([*map(str, BUCKETS), "+Inf"], counts, strict=True):
             running += count
             cumulative.append((bound, running))
         hist.add_metric([outcome], cumulative, total)
