@@ -187,7 +187,10 @@ def test_step_failure_and_retry_are_logged_with_ids(kf, caplog):
     assert any("started" in m for m in messages)
     assert any("retrying" in m for m in messages)
     assert any("failed" in m and "KeyError" in m for m in messages)
+    assert any("finished: FAILED" in m for m in messages)
     assert all(getattr(r, "step_name", "x") for r in records)
+    step_records = [r for r in records if "retrying" in r.getMessage() or "KeyError" in r.getMessage()]
+    assert step_records and all(r.step_name.endswith("broken") for r in step_records)
 
 
 @workflow.step

@@ -194,6 +194,7 @@ class Runtime:
         record = ("resume", time.time(), {"code": _code_info(), "owner": owner_info().decode().strip()})
         state.apply(record)
         self.write_index(state.workflow_id, _status_info(state, "RUNNING"))
+        log.info("workflow %s resumed", state.workflow_id, extra={"workflow_id": state.workflow_id})
         # Written with the run's first outcome rather than flushed on its own: it only notes
         # who took over, and the lease, not this record, is what makes the takeover safe.
         return self._adopt(state, journal, lease, [record])
