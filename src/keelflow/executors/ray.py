@@ -162,7 +162,9 @@ class RayExecutor(Executor):
             pending, self._pending = list(self._pending.values()), {}
         for out_ref, _ in pending:
             try:
-                ray.cancel(out_ref)
+                # Stopped, as the local executor's workers are: a step left running could
+                # overlap with its own rerun when the workflow is resumed elsewhere.
+                ray.cancel(out_ref, force=True)
             except Exception:
                 pass
         self._blob_objects.clear()
