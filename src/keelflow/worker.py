@@ -18,19 +18,17 @@ HTTP (bound to 127.0.0.1 unless told otherwise; any other address needs a token)
 
 from __future__ import annotations
 
-import hmac
 import http.server
-import ipaddress
 import json
 import logging
 import signal
 import threading
 import time
-import urllib.parse
 from typing import Any
 
-from . import api, metrics
-from .errors import InvalidIdError, KeelflowError, WorkflowNotFoundError
+from . import api
+from ._http import Handler, check_listen
+from .errors import InvalidIdError, WorkflowNotFoundError
 
 __all__ = ["Worker"]
 
@@ -53,11 +51,9 @@ class Worker:
         token: str | None = None,
         poll: float = 1.0,
     ) -> None:
-        if port is not None and not _loopback(host) and not token:
-            raise KeelflowError(
-                f"the worker's event endpoint would listen on {host}, beyond this machine, without a "
-                "token: give --token (or $KEELFLOW_WORKER_TOKEN), or bind to 127.0.0.1"
-            )
+        if port is not None:
+            how = "give --token (or $KEELFLOW_WORKER_TOKEN), or bind to 127.0.0.1"
+            check_listen(host, token, "the worker's event endpoint", how)
         if poll <= 0:
             raise ValueError(f"poll must be > 0 seconds, got {poll!r}")
         self.storage = storage
@@ -125,101 +121,65 @@ class Worker:
         api.shutdown()
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _handler(worker: Worker) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
+def _handler(worker: Worker) -> type[Handler]:
+    class WorkerHandler(Handler):
         server_version = "keelflow-worker"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("http %s - " + format, self.address_string(), *args)
-
-        def _reply(self, code: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _authorized(self) -> bool:
-            if not worker.token:
-                return True
-            given = self.headers.get("Authorization", "")
-            if hmac.compare_digest(given.encode(), f"Bearer {worker.token}".encode()):
-                return True
-            self._reply(401, {"error": "missing or wrong token (Authorization: Bearer <token>)"})
-            return False
-
-        def _parts(self) -> list[str]:
-            path = urllib.parse.urlsplit(self.path).path
-            return [urllib.parse.unquote(p) for p in path.strip("/").split("/") if p]
+        token = worker.token
+        bound_host = worker.host
 
         def do_GET(self) -> None:
-            if not self._authorized():
+            if not self.authorized():
                 return
-            parts = self._parts()
+            parts = self.split()[0]
             if parts == ["health"]:
-                self._reply(200, {"status": "ok", "running": sum(not r.done() for r in worker.running.values())})
+                self.reply(200, {"status": "ok", "running": sum(not r.done() for r in worker.running.values())})
             elif parts == ["metrics"]:
-                body, content_type = metrics.exposition()
-                self.send_response(200)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.send_metrics()
             elif len(parts) == 2 and parts[0] == "workflows":
                 try:
                     status = api.get_status(parts[1])
                 except (WorkflowNotFoundError, InvalidIdError) as e:
-                    self._reply(404, {"error": str(e)})
+                    self.reply(404, {"error": str(e)})
                     return
-                self._reply(200, {"workflow_id": parts[1], "status": status.value})
+                self.reply(200, {"workflow_id": parts[1], "status": status.value})
             else:
-                self._reply(404, {"error": f"no such endpoint: GET {self.path}"})
+                self.reply(404, {"error": f"no such endpoint: GET {self.path}"})
 
         def do_POST(self) -> None:
-            if not self._authorized():
+            if not self.authorized():
                 return
-            parts = self._parts()
+            parts = self.split()[0]
             if len(parts) != 3 or parts[0] != "events":
-                self._reply(404, {"error": f"no such endpoint: POST {self.path} (POST /events/<workflow_id>/<key>)"})
+                self.reply(404, {"error": f"no such endpoint: POST {self.path} (POST /events/<workflow_id>/<key>)"})
                 return
             _, workflow_id, key = parts
             try:
                 length = int(self.headers.get("Content-Length") or 0)
             except ValueError:
-                self._reply(400, {"error": "bad Content-Length"})
+                self.reply(400, {"error": "bad Content-Length"})
                 return
             if length > MAX_BODY:
-                self._reply(413, {"error": f"event body over {MAX_BODY} bytes"})
+                self.reply(413, {"error": f"event body over {MAX_BODY} bytes"})
                 return
             raw = self.rfile.read(length) if length else b""
             try:
                 payload = json.loads(raw) if raw.strip() else None
             except ValueError as e:
-                self._reply(400, {"error": f"the body is not JSON: {e}"})
+                self.reply(400, {"error": f"the body is not JSON: {e}"})
                 return
             try:
                 api.validate_id(workflow_id)
                 api.validate_id(key, "event key")
                 api.get_status(workflow_id)
             except InvalidIdError as e:
-                self._reply(400, {"error": str(e)})
+                self.reply(400, {"error": str(e)})
                 return
             except WorkflowNotFoundError as e:
-                self._reply(404, {"error": f"{e}; send events to a workflow that was started or submitted"})
+                self.reply(404, {"error": f"{e}; send events to a workflow that was started or submitted"})
                 return
             from .events import send_event
 
             send_event(workflow_id, key, payload)
-            self._reply(202, {"workflow_id": workflow_id, "key": key, "stored": time.time()})
+            self.reply(202, {"workflow_id": workflow_id, "key": key, "stored": time.time()})
 
-    return Handler
+    return WorkerHandler

@@ -18,23 +18,20 @@ POSTs must carry ``X-Requested-By: keelflow``, which a cross-site form cannot se
 
 from __future__ import annotations
 
-import hmac
 import http.server
-import ipaddress
-import json
 import logging
 import math
 import mimetypes
 import signal
 import socket
 import threading
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .. import actors as actor_api
-from .. import api, metrics, views
+from .. import api, views
+from .._http import Handler, check_listen
 from ..errors import (
     ActorNotFoundError,
     InvalidIdError,
@@ -66,15 +63,6 @@ class HTTPError(Exception):
         self.message = message
 
 
-def loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 class _V6Server(http.server.ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
@@ -83,11 +71,9 @@ class Dashboard:
     """The dashboard's server; keelflow must be initialised (storage chosen) by the caller."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8370, *, token: str | None = None) -> None:
-        if not loopback(host) and not token:
-            raise KeelflowError(
-                f"the dashboard would listen on {host}, beyond this machine, without a token: give a "
-                "token (the page is then opened with ?token=...), or bind to 127.0.0.1"
-            )
+        check_listen(
+            host, token, "the dashboard", "give a token (the page is then opened with ?token=...), or bind to 127.0.0.1"
+        )
         self.host = host
         self.port = port
         self.token = token
@@ -251,80 +237,40 @@ def _error_code(e: BaseException) -> int:
     return 409 if isinstance(e, KeelflowError) else 500
 
 
-def _handler(dash: Dashboard) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
+def _handler(dash: Dashboard) -> type[Handler]:
+    class DashboardHandler(Handler):
         server_version = "keelflow-dashboard"
+        token = dash.token
+        bound_host = dash.host
+        token_in_query = True
 
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("http %s - " + format, self.address_string(), *args)
-
-        def _send(self, code: int, body: bytes, content_type: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def _reply(self, code: int, body: Any) -> None:
-            data = json.dumps(_jsonable(body), allow_nan=False).encode()
-            self._send(code, data, "application/json")
-
-        def _split(self) -> tuple[list[str], dict[str, list[str]]]:
-            parts = urllib.parse.urlsplit(self.path)
-            segments = [urllib.parse.unquote(p) for p in parts.path.split("/") if p]
-            return segments, urllib.parse.parse_qs(parts.query)
-
-        def _authorized(self, query: dict[str, list[str]]) -> bool:
-            if not dash.token:
-                # A page elsewhere may point a name of its own at 127.0.0.1 (DNS rebinding):
-                # without a token, answer only requests addressed to this machine by name.
-                host = urllib.parse.urlsplit(f"//{self.headers.get('Host', '')}").hostname or ""
-                if host and not loopback(host) and host != dash.host:
-                    self._reply(
-                        403,
-                        {
-                            "error": f"requests must name this machine by a loopback address (Host: {host!r}); "
-                            "to be reached by other names, start the dashboard with a token"
-                        },
-                    )
-                    return False
-                return True
-            expected = dash.token.encode()
-            header = self.headers.get("Authorization", "")
-            given = header[len("Bearer ") :] if header.startswith("Bearer ") else (query.get("token") or [""])[-1]
-            if hmac.compare_digest(given.encode(), expected):
-                return True
-            self._reply(401, {"error": "missing or wrong token (Authorization: Bearer <token>, or ?token=<token>)"})
-            return False
+        def reply(self, code: int, body: Any) -> None:
+            super().reply(code, _jsonable(body))
 
         def do_HEAD(self) -> None:
             self.do_GET()
 
         def do_GET(self) -> None:
-            segments, query = self._split()
+            segments, query = self.split()
             if not segments or segments == ["index.html"]:
                 self._static(["index.html"])
             elif segments[0] == "static":
                 self._static(segments[1:])
-            elif not self._authorized(query):
+            elif not self.authorized(query):
                 return
             elif segments == ["metrics"]:
-                body, content_type = metrics.exposition()
-                self._send(200, body, content_type)
+                self.send_metrics()
             elif segments[0] == "api":
                 self._api("GET", segments[1:], query)
             else:
-                self._reply(404, {"error": f"no such page: {self.path}"})
+                self.reply(404, {"error": f"no such page: {self.path}"})
 
         def do_POST(self) -> None:
-            segments, query = self._split()
-            if not self._authorized(query):
+            segments, query = self.split()
+            if not self.authorized(query):
                 return
             if self.headers.get("X-Requested-By") != "keelflow":
-                self._reply(403, {"error": "POST requests need the header X-Requested-By: keelflow"})
+                self.reply(403, {"error": "POST requests need the header X-Requested-By: keelflow"})
                 return
             length = self.headers.get("Content-Length")
             if length and length.isdigit() and 0 < int(length) <= 1 << 16:
@@ -332,7 +278,7 @@ def _handler(dash: Dashboard) -> type[http.server.BaseHTTPRequestHandler]:
             if segments[:1] == ["api"]:
                 self._api("POST", segments[1:], query)
             else:
-                self._reply(404, {"error": f"no such endpoint: POST {self.path}"})
+                self.reply(404, {"error": f"no such endpoint: POST {self.path}"})
 
         def _api(self, method: str, parts: list[str], query: dict[str, list[str]]) -> None:
             route: Callable[[], Any] | None = None
@@ -349,31 +295,31 @@ def _handler(dash: Dashboard) -> type[http.server.BaseHTTPRequestHandler]:
                 action = dash.resume if parts[2] == "resume" else dash.cancel
                 route = lambda: action(parts[1])  # noqa: E731
             if route is None:
-                self._reply(404, {"error": f"no such endpoint: {method} {self.path}"})
+                self.reply(404, {"error": f"no such endpoint: {method} {self.path}"})
                 return
             try:
                 body = route()
             except HTTPError as e:
-                self._reply(e.code, {"error": e.message})
+                self.reply(e.code, {"error": e.message})
             except Exception as e:
                 code = _error_code(e)
                 if code == 500:
                     log.exception("dashboard: %s %s failed", method, self.path)
-                self._reply(code, {"error": str(e) or type(e).__name__})
+                self.reply(code, {"error": str(e) or type(e).__name__})
             else:
-                self._reply(200, body)
+                self.reply(200, body)
 
         def _static(self, parts: list[str]) -> None:
             path = STATIC.joinpath(*parts).resolve() if parts else STATIC
             if STATIC.resolve() not in path.parents or not path.is_file() or any(p.startswith(".") for p in parts):
-                self._reply(404, {"error": f"no such file: {self.path}"})
+                self.reply(404, {"error": f"no such file: {self.path}"})
                 return
             content_type = _TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             if content_type.startswith("text/"):
                 content_type += "; charset=utf-8"
-            self._send(200, path.read_bytes(), content_type)
+            self.send_body(200, path.read_bytes(), content_type)
 
-    return Handler
+    return DashboardHandler
 
 
 def serve(
