@@ -11,18 +11,8 @@ import time
 
 from keelflow import Workflow, workflow
 
-
-@workflow.step
-def add(a: int, b: int) -> int:
-    return a + b
-
-
-@workflow.step
-def fib(n: int) -> int:
-    """Dynamic: each call continues into two smaller ones and an add."""
-    if n <= 1:
-        return n
-    return add.step(fib.step(n - 1), fib.step(n - 2))
+# The seeds' dynamic fib (each call continues into two smaller ones and an add).
+from seedsteps import add, fib  # noqa: F401 - re-exported for the tests
 
 
 # -- a small data pipeline whose validation fails (the picture in docs/) ---------------------------
