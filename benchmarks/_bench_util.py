@@ -188,3 +188,28 @@ def write_result(path: str | None, result: dict[str, Any]) -> None:
         os.replace(tmp, path)
     else:
         sys.stdout.write(text + "\n")
+
+
+#: How the Ray-cluster comparison places its CPU-bound steps: by Ray (spread), half on each
+#: node by their resources (split), all on the second node, one at a time (pinned).
+CPU_MODES = ("spread", "split", "pinned")
+
+
+def cpu_modes(cpu_run: Any, k: int, iterations: int, repeats: int) -> dict:
+    """The CPU-bound fan-out of the Ray-cluster comparison in each placement mode (see
+    ray_cluster.py): ``cpu_run(k, iterations, tag, mode)`` runs it once. The median repeat's
+    wall time, the CPU seconds its steps used, and where they ran."""
+    res: dict = {"steps": k + 1, "iterations": iterations}
+    for mode in CPU_MODES:
+        runs = [cpu_run(k, iterations, f"{mode}-{r}", mode) for r in range(repeats)]
+        walls = [x["wall_s"] for x in runs]
+        mid = sorted(runs, key=lambda x: x["wall_s"])[len(runs) // 2]
+        res[mode] = {
+            "times_s": [round(w, 4) for w in walls],
+            "total_s": round(mid["wall_s"], 4),
+            "step_cpu_s": round(mid["step_cpu_s"], 3),
+            "parallelism": round(mid["step_cpu_s"] / mid["wall_s"], 2),
+            "placements": mid["placements"],
+            "placements_per_run": [x["placements"] for x in runs],
+        }
+    return res

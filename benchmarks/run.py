@@ -8,6 +8,7 @@
     python benchmarks/run.py --executor thread
     python benchmarks/run.py --json out.json
     python benchmarks/run.py --compare        # side by side with DBOS and Ray Workflows 2.47.1
+    python benchmarks/run.py --only raycluster  # keelflow's Ray executor vs Ray Workflows on a Ray cluster
 
 Each workload runs in a fresh subprocess (``kf_workloads.py``), on a fresh storage directory on
 the same disk as the repository (not tmpfs), so warm-up, memory and durability are measured
@@ -1041,7 +1042,11 @@ def print_compare(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller sizes: a smoke run (< 30 s)")
-    p.add_argument("--only", help=f"comma-separated groups ({', '.join(GROUPS)}) or row names (e.g. chain-10000)")
+    p.add_argument(
+        "--only",
+        help=f"comma-separated groups ({', '.join(GROUPS)}) or row names (e.g. chain-10000); "
+        "or raycluster alone (ray_cluster.py)",
+    )
     p.add_argument("--executor", choices=["local", "thread"], default="local")
     p.add_argument("--json", metavar="OUT", help="also write every figure to this JSON file")
     p.add_argument("--storage-dir", help="base directory for workload storage (default: a temp dir on the repo's disk)")
@@ -1073,6 +1078,14 @@ def main() -> None:
     if args.wait_idle is None:
         args.wait_idle = 0.0 if args.quick else 15.0
     args.only = [o.strip() for o in args.only.split(",") if o.strip()] if args.only else None
+    if args.only and "raycluster" in args.only:
+        # A driver of its own (ray_cluster.py): it starts and stops local Ray clusters.
+        if len(args.only) > 1 or args.compare:
+            p.error("--only raycluster runs alone")
+        cmd = [sys.executable, os.path.join(HERE, "ray_cluster.py"), *(["--quick"] if args.quick else [])]
+        cmd += [*(["--json", args.json] if args.json else []), *(["--keep-storage"] if args.keep_storage else [])]
+        cmd += ["--storage-dir", args.storage_dir] if args.storage_dir else []
+        sys.exit(subprocess.call(cmd))
     for o in args.only or []:
         if o not in GROUPS and o.split("-", 1)[0] not in GROUPS:
             p.error(f"--only {o!r}: not a group ({', '.join(GROUPS)}) nor a row name such as chain-10000")

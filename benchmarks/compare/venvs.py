@@ -21,7 +21,8 @@ SYSTEMS: dict[str, tuple[list[str], str]] = {
     # DBOS Transact, latest 3.x (3.4.0 on 2026-11-21), on SQLite: no server needed.
     "dbos": (["dbos>=3,<4"], "import dbos; print(dbos.__version__ if hasattr(dbos, '__version__') else '')"),
     # Ray 2.47.1 is the last release with ray.workflow (removed in 2.48); workflows' storage
-    # layer needs pyarrow.
+    # layer needs pyarrow. ray_cluster.py also starts its Ray cluster from this venv: a driver
+    # must run the cluster's own Ray version.
     "ray": (["ray[default]==2.47.1", "pyarrow"], "import ray, ray.workflow; print(ray.__version__)"),
 }
 
