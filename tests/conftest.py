@@ -37,7 +37,7 @@ def executor(request):
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A real two-node Ray cluster on 127.0.0.1, for the whole session (start-up is slow)."""
+    """A real two-node Ray cluster on loopback, for the whole session (start-up is slow)."""
     pytest.importorskip("ray")
     from raycluster import RayCluster
 

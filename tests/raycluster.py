@@ -1,4 +1,4 @@
-"""A real two-node Ray cluster on 127.0.0.1 for the tests, started once per test session.
+"""A real two-node Ray cluster on loopback for the tests, started once per test session.
 
 The head node has 2 CPUs; a second node has 1 CPU and a custom resource ``node2`` that only it
 offers, so a test can show where a step was placed. Both run from a temp dir of their own, and
@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
+# Ray replaces 127.0.0.1 (and localhost) with the machine's outbound address when it advertises
+# a node; any other loopback address is kept, so every connection stays on loopback.
+NODE_IP = "127.0.0.2"
 START_TIMEOUT = 90
 
 
@@ -35,7 +38,7 @@ class RayCluster:
         # Short: Ray puts unix sockets under it, and their paths are limited to 107 bytes.
         self.temp_dir = tempfile.mkdtemp(prefix="kfray", dir="/tmp")
         self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.address = f"{NODE_IP}:{self.port}"
         self.env = dict(os.environ)
         self.env.update(
             RAY_USAGE_STATS_ENABLED="0",
@@ -53,7 +56,7 @@ class RayCluster:
             raise RuntimeError(f"`ray {' '.join(args)}` failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
 
     def start(self) -> RayCluster:
-        common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats", "--log-style=record"]
+        common = [f"--node-ip-address={NODE_IP}", "--disable-usage-stats", "--log-style=record"]
         self._ray(
             "start",
             "--head",
