@@ -232,6 +232,7 @@ class Runtime:
         """Stop every run (each stays resumable) and the executor."""
         if self._stopped:
             return
+        metrics.events_waiting = lambda: 0
         stopped = threading.Event()
 
         def do() -> None:
