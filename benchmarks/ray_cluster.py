@@ -250,6 +250,7 @@ class ClusterCpu:
         self._seen: dict[int, bool] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cluster-cpu", daemon=True)
+        self.total = 0.0
 
     def _sample(self) -> None:
         started = bool(self._last)
@@ -267,55 +268,20 @@ class ClusterCpu:
         return self
 
     def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-        return sum(self._last[p] - self._first[p] for p in self._last) / bench._HZ
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join()
+            self._sample()
+        self.total = sum(self._last[p] - self._first[p] for p in self._last) / bench._HZ
+        return self.total
 
 
 def run_driver(cmd: list[str], env: dict[str, str], timeout: float, cluster: LocalCluster) -> tuple[bench.Proc, float]:
-    """Run one workload process to its end (killed with its process group on timeout or
-    interruption). Returns wall time, output, the driver's CPU (with its reaped children), the
-    cores other processes used meanwhile, and the CPU seconds the cluster's processes used."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        busy0, own0 = bench._busy_jiffies(), time.process_time()
-        sampler = ClusterCpu(cluster).start()
-        t = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True)
-        timed_out = threading.Event()
-
-        def _kill() -> None:
-            timed_out.set()
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except OSError:
-                pass
-
-        watchdog = threading.Timer(timeout, _kill)
-        watchdog.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)  # blocking: exact wall time, no polling CPU
-        except BaseException:  # Ctrl-C: the driver goes too
-            _kill()
-            proc.wait()
-            sampler.stop()
-            raise
-        finally:
-            watchdog.cancel()
-        wall = time.perf_counter() - t
-        cluster_cpu = sampler.stop()
-        busy = (bench._busy_jiffies() - busy0) / bench._HZ
-        own = time.process_time() - own0  # this script's sampling
-        proc.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from reaping again
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    cpu = usage.ru_utime + usage.ru_stime
-    code = -999 if timed_out.is_set() else proc.returncode
-    if timed_out.is_set():
-        stderr += f"\n[timed out after {timeout:.0f} s]"
-    other = max(0.0, (busy - cpu - cluster_cpu - own) / wall) if wall > 0 else 0.0
-    return bench.Proc(code, wall, stdout, stderr, cpu, other), cluster_cpu
+    """Run one workload process to its end (see ``run.run_proc``); also the CPU seconds the
+    cluster's processes used meanwhile, which do not count as other load."""
+    sampler = ClusterCpu(cluster)
+    proc = bench.run_proc(cmd, timeout, env, inherit_env=False, known=sampler)
+    return proc, sampler.total
 
 
 def wait_quiet(cluster: LocalCluster, limit: float, log: Any) -> float:

@@ -224,12 +224,18 @@ def other_load(seconds: float = 1.0) -> float:
     return (_busy_jiffies() - b) / _HZ / (time.perf_counter() - t)
 
 
-def run_proc(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> Proc:
-    """Run ``cmd`` to its end; wall time, output, its CPU, and how busy the rest of the
-    machine was meanwhile (other benchmarks or test suites skew every figure)."""
-    full_env = {**os.environ, **(env or {})}
+def run_proc(
+    cmd: list[str], timeout: float, env: dict[str, str] | None = None, *, inherit_env: bool = True, known: Any = None
+) -> Proc:
+    """Run ``cmd`` to its end (killed with its process group on timeout or interruption); wall
+    time, output, its CPU, and how busy the rest of the machine was meanwhile (other benchmarks
+    or test suites skew every figure). ``known`` is a sampler (``start()``, ``stop()`` -> CPU
+    seconds) of processes that work for the command, e.g. a Ray cluster: not "other" load."""
+    full_env = {**os.environ, **(env or {})} if inherit_env else dict(env or {})
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        busy0 = _busy_jiffies()
+        busy0, own0 = _busy_jiffies(), time.process_time()
+        if known is not None:
+            known.start()
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=full_env, start_new_session=True)
         timed_out = threading.Event()
@@ -245,10 +251,18 @@ def run_proc(cmd: list[str], timeout: float, env: dict[str, str] | None = None) 
         watchdog.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)  # blocking: exact wall time, no polling CPU
+        except BaseException:  # Ctrl-C: the command goes too
+            _kill()
+            proc.wait()
+            if known is not None:
+                known.stop()
+            raise
         finally:
             watchdog.cancel()
         wall = time.perf_counter() - t
+        helpers = known.stop() if known is not None else 0.0
         busy = (_busy_jiffies() - busy0) / _HZ
+        own = time.process_time() - own0 if known is not None else 0.0  # the sampling's own cost
         proc.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from reaping again
         out.seek(0)
         err.seek(0)
@@ -257,7 +271,8 @@ def run_proc(cmd: list[str], timeout: float, env: dict[str, str] | None = None) 
     code = -999 if timed_out.is_set() else proc.returncode
     if timed_out.is_set():
         stderr += f"\n[timed out after {timeout:.0f} s]"
-    return Proc(code, wall, stdout, stderr, cpu, max(0.0, (busy - cpu) / wall) if wall > 0 else 0.0)
+    other = max(0.0, (busy - cpu - helpers - own) / wall) if wall > 0 else 0.0
+    return Proc(code, wall, stdout, stderr, cpu, other)
 
 
 def _status(code: int) -> str:
