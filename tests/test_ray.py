@@ -196,3 +196,28 @@ def test_the_core_never_imports_ray():
         "print('ray' in sys.modules)"
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_step_may_use_ray_actors_and_tasks_inside_it(kf_ray):
+    @ray.remote
+    class Counter:
+        def __init__(self) -> None:
+            self.n = 0
+
+        def add(self, k: int) -> int:
+            self.n += k
+            return self.n
+
+    @ray.remote
+    def square(x: int) -> int:
+        return x * x
+
+    @workflow.step
+    def use_ray(xs: list) -> int:
+        counter = Counter.remote()
+        for ref in [square.remote(x) for x in xs]:
+            counter.add.remote(ray.get(ref))
+        return ray.get(counter.add.remote(0))
+
+    assert use_ray.step([1, 2, 3]).run(workflow_id="ray-inside") == 14
+    assert workflow.get_output("ray-inside") == 14
