@@ -172,6 +172,18 @@ def _worker_env(store: Storage) -> dict[str, str]:
     return env
 
 
+def initialized() -> bool:
+    """Whether :func:`init` has run in this process (and :func:`shutdown` has not since)."""
+    return _runtime_obj is not None
+
+
+def owner_alive(workflow_id: str) -> bool:
+    """Whether some live process (this one or another) holds the workflow's lease: it runs it,
+    or is still stopping it after a cancel."""
+    rt = _runtime()
+    return rt.storage.lease_held(lease_key(validate_id(workflow_id)))
+
+
 def shutdown() -> None:
     """Stop this process's runs (they stay resumable) and forget ``init``."""
     global _runtime_obj, _config

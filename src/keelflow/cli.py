@@ -131,7 +131,7 @@ def _open(ctx: click.Context, storage: str | None, executor: str | None = None) 
     level = os.environ.get("KEELFLOW_LOG_LEVEL")
     if level:
         logging.basicConfig(level=level, format="%(asctime)s %(message)s")
-    started = api._runtime_obj is None
+    started = not api.initialized()
     api.init(_storage_url(ctx, storage), executor=executor)
     if started:
         ctx.call_on_close(api.shutdown)
@@ -557,7 +557,6 @@ def cancel(ctx: click.Context, workflow_id: str, wait: bool, timeout: float, sto
     """
     _open(ctx, storage)
     from . import api
-    from .engine.runtime import lease_key
 
     before = api.get_status(workflow_id).value
     if before in ("SUCCESSFUL", "CANCELED"):
@@ -569,11 +568,10 @@ def cancel(ctx: click.Context, workflow_id: str, wait: bool, timeout: float, sto
         click.echo(f"{workflow_id} {api.get_status(workflow_id).value}")
         return
     # Another process owns it while it holds the lease; it releases that once it has stopped.
-    store = api._runtime().storage
     deadline = time.monotonic() + timeout
-    while store.lease_held(lease_key(workflow_id)) and time.monotonic() < deadline:
+    while api.owner_alive(workflow_id) and time.monotonic() < deadline:
         time.sleep(0.05)
-    stopped = not store.lease_held(lease_key(workflow_id))
+    stopped = not api.owner_alive(workflow_id)
     after = api.get_status(workflow_id).value
     click.echo(f"{workflow_id} {after}")
     if not stopped:
