@@ -8,13 +8,15 @@ import http.server
 import ipaddress
 import json
 import logging
+import socket
+import threading
 import urllib.parse
 from typing import Any, ClassVar
 
 from . import metrics
 from .errors import KeelflowError
 
-__all__ = ["Handler", "check_listen", "loopback"]
+__all__ = ["Handler", "Listener", "check_listen", "loopback"]
 
 log = logging.getLogger("keelflow")
 
@@ -95,3 +97,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
         where = "Authorization: Bearer <token>" + (", or ?token=<token>" if self.token_in_query else "")
         self.reply(401, {"error": f"missing or wrong token ({where})"})
         return False
+
+
+class _V6Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+class Listener:
+    """An HTTP server answering on daemon threads (a hung request must not block exit)."""
+
+    def __init__(self, host: str, port: int, handler: type[Handler], name: str) -> None:
+        server_cls = _V6Server if ":" in host else http.server.ThreadingHTTPServer
+        self._server = server_cls((host, port), handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, args=(0.1,), name=name, daemon=True).start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

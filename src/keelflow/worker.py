@@ -18,7 +18,6 @@ HTTP (bound to 127.0.0.1 unless told otherwise; any other address needs a token)
 
 from __future__ import annotations
 
-import http.server
 import json
 import logging
 import signal
@@ -27,7 +26,7 @@ import time
 from typing import Any
 
 from . import api
-from ._http import Handler, check_listen
+from ._http import Handler, Listener, check_listen
 from .errors import InvalidIdError, WorkflowNotFoundError
 
 __all__ = ["Worker"]
@@ -63,23 +62,18 @@ class Worker:
         self.token = token
         self.poll = poll
         self._stop = threading.Event()
-        self._server: http.server.ThreadingHTTPServer | None = None
+        self._server: Listener | None = None
         self.running: dict[str, Any] = {}  # workflow id -> ref, for workflows this worker took
 
     @property
     def address(self) -> tuple[str, int] | None:
         """Where the event endpoint listens (once started)."""
-        if self._server is None:
-            return None
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return None if self._server is None else self._server.address
 
     def start(self) -> None:
         api.init(self.storage, executor=self.executor)
         if self.port is not None:
-            self._server = http.server.ThreadingHTTPServer((self.host, self.port), _handler(self))
-            self._server.daemon_threads = True
-            threading.Thread(target=self._server.serve_forever, name="keelflow-http", daemon=True).start()
+            self._server = Listener(self.host, self.port, _handler(self), "keelflow-http")
 
     def run(self) -> None:
         """Start, then :meth:`serve`."""
@@ -115,8 +109,7 @@ class Worker:
     def close(self) -> None:
         """Stop serving and running: what ran stays resumable for the next worker."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()
             self._server = None
         api.shutdown()
 

@@ -18,12 +18,10 @@ POSTs must carry ``X-Requested-By: keelflow``, which a cross-site form cannot se
 
 from __future__ import annotations
 
-import http.server
 import logging
 import math
 import mimetypes
 import signal
-import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +29,7 @@ from typing import Any
 
 from .. import actors as actor_api
 from .. import api, views
-from .._http import Handler, check_listen
+from .._http import Handler, Listener, check_listen
 from ..errors import (
     ActorNotFoundError,
     InvalidIdError,
@@ -63,10 +61,6 @@ class HTTPError(Exception):
         self.message = message
 
 
-class _V6Server(http.server.ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-
-
 class Dashboard:
     """The dashboard's server; keelflow must be initialised (storage chosen) by the caller."""
 
@@ -77,17 +71,14 @@ class Dashboard:
         self.host = host
         self.port = port
         self.token = token
-        self._server: http.server.ThreadingHTTPServer | None = None
+        self._server: Listener | None = None
         self._resumed: dict[str, Any] = {}  # workflow id -> ref of a run this process resumed
         self._lock = threading.Lock()
 
     @property
     def address(self) -> tuple[str, int] | None:
         """Where the server listens (once started)."""
-        if self._server is None:
-            return None
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return None if self._server is None else self._server.address
 
     @property
     def url(self) -> str:
@@ -99,17 +90,13 @@ class Dashboard:
 
     def start(self) -> Dashboard:
         """Listen, and answer requests in background threads."""
-        server_cls = _V6Server if ":" in self.host else http.server.ThreadingHTTPServer
-        self._server = server_cls((self.host, self.port), _handler(self))
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, args=(0.1,), name="keelflow-dashboard", daemon=True).start()
+        self._server = Listener(self.host, self.port, _handler(self), "keelflow-dashboard")
         return self
 
     def close(self) -> None:
         """Stop serving; workflows it resumed go on running in this process."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()
             self._server = None
 
     # -- the API -------------------------------------------------------------------------------
