@@ -172,6 +172,33 @@ def _worker_env(store: Storage) -> dict[str, str]:
     return env
 
 
+def _workflow_metadata(rt: Runtime, wid: str, state: WorkflowState) -> dict[str, Any]:
+    status = _status(rt, wid)
+    info = rt.read_index(wid) or {}
+    stats: dict[str, Any] = {"start_time": state.start_time}
+    end = info.get("end_time") if status != WorkflowStatus.RUNNING else None
+    if end is None and state.finished:
+        end = state.end_time()
+    if end is not None and status != WorkflowStatus.RUNNING:
+        stats["end_time"] = end
+    return {
+        "status": status.value,
+        "user_metadata": dict(state.header.get("user_metadata") or {}),
+        "stats": stats,
+    }
+
+
+def inspect_workflow(workflow_id: str) -> tuple[dict[str, Any], WorkflowState, dict[int, float], dict[int, int]]:
+    """For tools: workflow-level metadata, the state it came from (one read of the journal),
+    and this process's view of its running steps (their start times and attempts so far)."""
+    rt = _runtime()
+    wid = validate_id(workflow_id)
+    run = rt.local_run(wid)
+    state = run.state if run is not None else require(rt.storage, wid)[0]
+    started, attempts = (dict(run.started), dict(run.attempts)) if run is not None else ({}, {})
+    return _workflow_metadata(rt, wid, state), state, started, attempts
+
+
 def initialized() -> bool:
     """Whether :func:`init` has run in this process (and :func:`shutdown` has not since)."""
     return _runtime_obj is not None
@@ -628,24 +655,9 @@ def get_metadata(workflow_id: str, name: str | None = None) -> dict[str, Any]:
     rt = _runtime()
     wid = validate_id(workflow_id)
     run = rt.local_run(wid)
-    if run is not None:
-        state = run.state
-    else:
-        state = require(rt.storage, wid)[0]
+    state = run.state if run is not None else require(rt.storage, wid)[0]
     if name is None:
-        status = _status(rt, wid)
-        info = rt.read_index(wid) or {}
-        stats: dict[str, Any] = {"start_time": state.start_time}
-        end = info.get("end_time") if status != WorkflowStatus.RUNNING else None
-        if end is None and state.finished:
-            end = state.end_time()
-        if end is not None and status != WorkflowStatus.RUNNING:
-            stats["end_time"] = end
-        return {
-            "status": status.value,
-            "user_metadata": dict(state.header.get("user_metadata") or {}),
-            "stats": stats,
-        }
+        return _workflow_metadata(rt, wid, state)
     index = state.names.get(name)
     if index is None:
         raise StepNotFoundError(workflow_id=wid, step_name=name)

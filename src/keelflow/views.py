@@ -17,20 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import api
-from .engine.results import require
 from .engine.state import ROOT, WorkflowState
 
 __all__ = ["list_view", "step_rows", "workflow_view"]
-
-
-def _state(workflow_id: str) -> tuple[WorkflowState, dict[int, float], dict[int, int]]:
-    """The workflow's state, and this process's knowledge of running steps (start, attempts)."""
-    rt = api._runtime()
-    wid = api.validate_id(workflow_id)
-    run = rt.local_run(wid)
-    if run is not None:
-        return run.state, dict(run.started), dict(run.attempts)
-    return require(rt.storage, wid)[0], {}, {}
 
 
 def step_rows(
@@ -82,8 +71,7 @@ def step_rows(
 
 def workflow_view(workflow_id: str) -> dict[str, Any]:
     """Status, metadata, timing and every step of one workflow (raises for an unknown id)."""
-    meta = api.get_metadata(workflow_id)
-    state, started, attempts = _state(workflow_id)
+    meta, state, started, attempts = api.inspect_workflow(workflow_id)
     status = meta["status"]
     steps = step_rows(state, status, started, attempts)
     counts: dict[str, int] = {}
@@ -100,7 +88,7 @@ def workflow_view(workflow_id: str) -> dict[str, Any]:
         "step_counts": counts,
         "error": failed["error"] if failed else "",
         "failed_step": failed["name"] if failed else None,
-        "owned_by": (api._runtime().read_index(workflow_id) or {}).get("owned_by"),
+        "owned_by": state.header.get("owned_by"),
     }
 
 

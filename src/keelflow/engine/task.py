@@ -59,16 +59,16 @@ class Refs:
         self._present = present and ray_mode()
 
     def __call__(self, ref_id: str) -> Any:
+        ref = self._build(ref_id)
+        return to_ray(ref) if self._present else ref
+
+    def _build(self, ref_id: str) -> ObjectRef[Any]:
         ref = self._built.get(ref_id)
         if ref is None:
             data, nested = self._table[ref_id]
-            ref = ObjectRef(ref_id, load_value.get()(data), {n: self.stored(n) for n in nested})
+            ref = ObjectRef(ref_id, load_value.get()(data), {n: self._build(n) for n in nested})
             self._built[ref_id] = ref
-        return to_ray(ref) if self._present else ref
-
-    def stored(self, ref_id: str) -> ObjectRef[Any]:
-        self(ref_id)
-        return self._built[ref_id]
+        return ref
 
 
 def portable(exc: BaseException) -> BaseException:
