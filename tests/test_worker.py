@@ -95,6 +95,8 @@ def steps_run(tmp_path) -> list[str]:
 
 def http(method: str, url: str, body: bytes | None = None, token: str | None = None) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=body, method=method)
+    if body is not None:  # what a page on another site cannot send: the worker requires it
+        request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:

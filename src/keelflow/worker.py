@@ -8,17 +8,23 @@ workflow is run by one of them at a time. On SIGTERM or SIGINT it stops: running
 abandoned and their workflows stay resumable, so the next worker goes on from the last
 checkpoint and nothing checkpointed is lost.
 
-HTTP (bound to 127.0.0.1 unless told otherwise; any other address needs a token)::
+HTTP (bound to 127.0.0.1 unless told otherwise; any other address needs a token, sent as
+``Authorization: Bearer <token>``)::
 
-    POST /events/<workflow_id>/<key>   body: the JSON payload (empty body: null)
+    POST /events/<workflow_id>/<key>   body: the JSON payload (empty body: null), 202
     GET  /workflows/<workflow_id>      {"workflow_id": ..., "status": ...}
     GET  /health                       {"status": "ok", "running": n}
     GET  /metrics                      Prometheus metrics (see keelflow.metrics)
+
+A POST must carry ``Content-Type: application/json`` or ``X-Requested-By: keelflow`` (a page on
+another site can send neither) and no ``Origin`` but this server's (else 403), and a
+``Content-Length`` (411 without one) of at most 1 MiB (413). Errors are ``{"error": message}``.
+A request must arrive within 10 s, and at most 64 are served at once (503 beyond). The rules in
+full, shared with the dashboard, are in ``keelflow._http``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -27,7 +33,7 @@ from typing import Any
 
 from . import api
 from ._http import Handler, Listener, check_listen
-from .errors import InvalidIdError, WorkflowNotFoundError
+from .errors import InvalidIdError, SerializationError, WorkflowNotFoundError
 
 __all__ = ["Worker"]
 
@@ -146,20 +152,7 @@ def _handler(worker: Worker) -> type[Handler]:
                 self.reply(404, {"error": f"no such endpoint: POST {self.path} (POST /events/<workflow_id>/<key>)"})
                 return
             _, workflow_id, key = parts
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                self.reply(400, {"error": "bad Content-Length"})
-                return
-            if length > MAX_BODY:
-                self.reply(413, {"error": f"event body over {MAX_BODY} bytes"})
-                return
-            raw = self.rfile.read(length) if length else b""
-            try:
-                payload = json.loads(raw) if raw.strip() else None
-            except ValueError as e:
-                self.reply(400, {"error": f"the body is not JSON: {e}"})
-                return
+            payload = self.read_json(MAX_BODY)
             try:
                 api.validate_id(workflow_id)
                 api.validate_id(key, "event key")
@@ -172,7 +165,11 @@ def _handler(worker: Worker) -> type[Handler]:
                 return
             from .events import send_event
 
-            send_event(workflow_id, key, payload)
+            try:
+                send_event(workflow_id, key, payload)
+            except SerializationError as e:  # JSON nested deeper than pickle goes, say
+                self.reply(400, {"error": f"the payload cannot be stored: {e}"})
+                return
             self.reply(202, {"workflow_id": workflow_id, "key": key, "stored": time.time()})
 
     return WorkerHandler

@@ -13,7 +13,11 @@ API (JSON; errors are ``{"error": message}`` with 400 for bad input, 404 for an 
 
 Bound to 127.0.0.1 unless told otherwise; any other address needs a token, given as
 ``Authorization: Bearer <token>`` or ``?token=<token>`` (the page passes it on to the API).
-POSTs must carry ``X-Requested-By: keelflow``, which a cross-site form cannot send.
+POSTs must carry ``X-Requested-By: keelflow`` (the page sends it) or ``Content-Type:
+application/json``, which a page on another site cannot send, and no ``Origin`` but this
+server's (else 403); and a ``Content-Length`` (411 without one) of at most 64 KiB (413): the
+actions take no body. These rules, and the bounds on time and connections, are shared with the
+worker and set out in ``keelflow._http``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 
 from .. import actors as actor_api
 from .. import api, views
-from .._http import Handler, Listener, check_listen
+from .._http import Handler, HTTPError, Listener, check_listen
 from ..errors import (
     ActorNotFoundError,
     InvalidIdError,
@@ -50,15 +54,10 @@ STATIC = Path(__file__).parent / "static"
 STEP_LIMIT = 500
 LIST_LIMIT = 1000
 MAX_LIMIT = 100_000
+#: The largest POST body accepted (and ignored).
+MAX_BODY = 1 << 16
 STATUSES = tuple(s.value for s in api.WorkflowStatus)
 _TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".md": "text/plain", "": "text/plain"}
-
-
-class HTTPError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class Dashboard:
@@ -256,12 +255,7 @@ def _handler(dash: Dashboard) -> type[Handler]:
             segments, query = self.split()
             if not self.authorized(query):
                 return
-            if self.headers.get("X-Requested-By") != "keelflow":
-                self.reply(403, {"error": "POST requests need the header X-Requested-By: keelflow"})
-                return
-            length = self.headers.get("Content-Length")
-            if length and length.isdigit() and 0 < int(length) <= 1 << 16:
-                self.rfile.read(int(length))  # the actions take no body; drain what was sent
+            self.read_body(MAX_BODY)  # the actions take no body: what is sent is read and ignored
             if segments[:1] == ["api"]:
                 self._api("POST", segments[1:], query)
             else:
