@@ -43,7 +43,9 @@ def ray_cluster():
 
     cluster = RayCluster().start()
     previous = os.environ.get("RAY_ADDRESS")
+    previous_auth = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_ADDRESS"] = cluster.address  # drivers here and in subprocesses find it
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # as the cluster runs, whatever the shell says
     try:
         yield cluster
     finally:
@@ -55,6 +57,10 @@ def ray_cluster():
             os.environ.pop("RAY_ADDRESS", None)
         else:
             os.environ["RAY_ADDRESS"] = previous
+        if previous_auth is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = previous_auth
         cluster.stop()
 
 

@@ -4,6 +4,11 @@ The head node has 2 CPUs; a second node has 1 CPU and a custom resource ``node2`
 offers, so a test can show where a step was placed. Both run from a temp dir of their own, and
 every driver gets the address explicitly (``RAY_ADDRESS``): a bare ``ray.init()`` would attach
 to whatever cluster an earlier ``ray start`` on this machine left in ``/tmp/ray``.
+
+Nothing in the user's home counts either: the cluster's processes (and the drivers started here)
+get a HOME in the temp dir and ``RAY_AUTH_MODE=disabled``. Ray 2.60 turns token authentication on
+for a cluster that ``ray start`` starts when it finds a token (``~/.ray/auth_token``,
+``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``), and then refuses every driver that has none.
 """
 
 from __future__ import annotations
@@ -33,21 +38,28 @@ def free_port() -> int:
 
 
 class RayCluster:
-    def __init__(self, nodes: int = 2) -> None:
+    def __init__(self, nodes: int = 2, env: dict[str, str] | None = None) -> None:
+        """``env``: settings of the cluster's own (``RAY_AUTH_MODE="token"``, say), over the defaults."""
         self.nodes = nodes
         # Short: Ray puts unix sockets under it, and their paths are limited to 107 bytes.
         self.temp_dir = tempfile.mkdtemp(prefix="kfray", dir="/tmp")
+        self.home = os.path.join(self.temp_dir, "home")
+        os.mkdir(self.home)
         self.port = free_port()
         self.address = f"{NODE_IP}:{self.port}"
         self.env = dict(os.environ)
+        for name in [n for n in self.env if n.startswith(("KEELFLOW_", "KF_"))]:
+            del self.env[name]  # one test's settings must not become every worker's
+        for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+            self.env.pop(name, None)
         self.env.update(
             RAY_USAGE_STATS_ENABLED="0",
+            HOME=self.home,  # no ~/.ray of the user's
+            RAY_AUTH_MODE="disabled",
             # Ray's workers import keelflow and the tests' step modules by reference.
             PYTHONPATH=os.pathsep.join([str(TESTS.parent / "src"), str(TESTS), self.env.get("PYTHONPATH", "")]),
         )
-        self.env.pop("RAY_ADDRESS", None)
-        for name in [n for n in self.env if n.startswith(("KEELFLOW_", "KF_"))]:
-            del self.env[name]  # one test's settings must not become every worker's
+        self.env.update(env or {})
 
     def _ray(self, *args: str, timeout: float = START_TIMEOUT) -> None:
         cmd = [sys.executable, "-m", "ray.scripts.scripts", *args]

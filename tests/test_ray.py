@@ -6,6 +6,10 @@ The rest of the suite runs on Ray too, through the ``executor`` fixture's ``ray`
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import threading
 import time
 
 import cloudpickle
@@ -14,11 +18,11 @@ import pytest
 import crashsteps
 import keelflow as workflow
 import raysteps
-from conftest import run_python
+from conftest import TESTS, run_python
 from keelflow import serialization
 from keelflow.engine.task import RUNNER, make_payload
 from keelflow.executors.base import Demand, Outcome, Task
-from raycluster import free_port
+from raycluster import NODE_IP, RayCluster, free_port
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -177,15 +181,171 @@ def test_cancel_stops_the_running_ray_task(kf_ray, tmp_path):
 
 
 def test_no_cluster_is_a_clear_error(tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    out, took = run_driver(tmp_path, {"RAY_ADDRESS": address})
+    assert f"ERR the Ray executor found no Ray cluster at {address!r} (from RAY_ADDRESS" in out, out
+    assert "nothing listens there" in out and "CAUSE ConnectionRefusedError" in out, out
+    assert took < 20, out
+
+
+# -- connection errors: what keelflow says when the cluster is missing or refuses ------------------
+
+# A driver that reports how init(executor="ray") went: ERR and CAUSE lines, or a step's RESULT.
+DRIVER = """
+import keelflow as w
+try:
+    w.init({storage!r}, executor="ray")
+except w.KeelflowError as e:
+    print("ERR", e)
+    print("CAUSE", type(e.__cause__).__name__)
+else:
+    print("RESULT", w.step(lambda: 41).step().run())
+"""
+
+
+def run_driver(
+    tmp_path, env: dict[str, str], code: str = DRIVER, own_pids: bool = False, timeout: float = 90
+) -> tuple[str, float]:
+    """Run a driver in a fresh interpreter, bounded in time (a hang fails the test): its output,
+    and how long it took. Its HOME is empty and no RAY_ADDRESS or RAY_AUTH_* comes from here, so
+    only ``env`` says where the cluster is and how to authenticate. ``own_pids``: in a PID
+    namespace of its own, where Ray's lookup of the Ray nodes running on this machine finds none."""
+    home = tmp_path / "driver-home"
+    home.mkdir(exist_ok=True)
+    full = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and not k.startswith("RAY_AUTH_")}
+    full.update(HOME=str(home), PYTHONPATH=os.pathsep.join([str(TESTS.parent / "src"), str(TESTS)]))
+    full.update(env)
+    cmd = [sys.executable, "-c", code.format(storage=str(tmp_path / "s"))]
+    if own_pids:
+        cmd = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *cmd]
+    start = time.monotonic()
+    try:
+        out = subprocess.run(cmd, env=full, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"the driver hung for {timeout} s: {e.stdout!r} {e.stderr!r}") from None
+    return out.stdout + out.stderr, time.monotonic() - start
+
+
+def pid_namespaces() -> bool:
+    cmd = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "true"]
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def test_a_stale_ray_current_cluster_file_is_a_clear_error_not_a_hang(tmp_path):
+    """A killed `ray start` leaves its address in <temp dir>/ray/ray_current_cluster, which
+    "auto" follows. Ray reads that file under $RAY_TMPDIR, so a temp dir stands in for /tmp."""
+    from ray._private import services
+
+    stale = f"127.0.0.1:{free_port()}"  # nothing listens there
+    record = tmp_path / "raytmp" / "ray" / "ray_current_cluster"
+    record.parent.mkdir(parents=True)
+    record.write_text(stale)
+    # Ray's "auto" prefers a Ray node running on this machine (this session's cluster, say) to
+    # the file: the driver runs where it sees no other process.
+    own_pids = pid_namespaces()
+    if not own_pids and services.find_gcs_addresses():
+        pytest.skip("a Ray node runs on this machine and no PID namespace hides it (`unshare` fails)")
+    # Checked against Ray's own lookup, in the same driver.
     code = (
-        "import keelflow as w\n"
-        "try:\n"
-        f"    w.init({str(tmp_path / 's')!r}, executor='ray')\n"
-        "except w.KeelflowError as e:\n"
-        "    print('ERR', e)\n"
+        "from ray._private import services\n"
+        "from keelflow.executors.ray import resolve_address\n"
+        "print('RAY', services.get_ray_address_from_environment('auto', None))\n"
+        "print('KEELFLOW', resolve_address()[0])\n" + DRIVER
     )
-    out = run_python(code, env={"RAY_ADDRESS": f"127.0.0.1:{free_port()}"}, timeout=120)
-    assert "ERR the Ray executor found no Ray cluster" in out.stdout, out.stdout + out.stderr
+    out, took = run_driver(tmp_path, {"RAY_TMPDIR": str(tmp_path / "raytmp")}, code, own_pids=own_pids)
+    assert f"RAY {stale}\nKEELFLOW {stale}\n" in out, out
+    assert f"ERR the Ray executor found no Ray cluster at {stale!r} (from the file {record}" in out, out
+    assert "nothing listens there" in out and "delete that file" in out, out
+    assert "CAUSE ConnectionRefusedError" in out, out
+    assert took < 20, out
+
+
+def test_auto_resolves_as_ray_does(tmp_path, monkeypatch, ray_cluster):
+    """keelflow's resolve_address and Ray's own lookup agree, here, with this session's cluster
+    running, for a given address, RAY_ADDRESS, and "auto" (the file, or a node running here)."""
+    from ray._private import services
+
+    from keelflow.executors.ray import resolve_address
+
+    record = tmp_path / "ray" / "ray_current_cluster"
+    record.parent.mkdir(parents=True)
+    record.write_text(f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    for address, env in [("10.1.2.3:6379", None), (None, "10.1.2.3:6379"), (None, None), (None, "auto")]:
+        if env is None:
+            monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        else:
+            monkeypatch.setenv("RAY_ADDRESS", env)
+        ray_says = services.get_ray_address_from_environment(address or "auto", None)
+        assert resolve_address(address)[0] == ray_says
+    assert ray_says in services.find_gcs_addresses() or ray_says == record.read_text()
+
+
+def test_something_else_at_the_address_is_a_clear_error_not_a_hang(tmp_path):
+    """A server that is not Ray's (here: one that answers HTTP/1) would keep Ray retrying for
+    many minutes."""
+    server = socket.create_server((NODE_IP, 0))  # Ray dials 127.0.0.1 as this machine's own address
+    address = f"{NODE_IP}:{server.getsockname()[1]}"
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\nnot ray\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        out, took = run_driver(tmp_path, {"RAY_ADDRESS": address})
+    finally:
+        server.close()
+    assert f"ERR the Ray executor found no Ray cluster at {address!r} (from RAY_ADDRESS)" in out, out
+    assert "something listens there but it is not a Ray cluster (it answered b'HTTP/1.0 400" in out, out
+    assert took < 20, out
+
+
+def test_a_cluster_that_refuses_the_connection_is_an_error_that_says_what_ray_said(tmp_path):
+    """A real cluster with Ray's token authentication on, and a driver without the token."""
+    token = "kf0test0token0" + "ab" * 16
+    cluster = RayCluster(nodes=1, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+    try:
+        cluster.start()
+        out, took = run_driver(tmp_path, {"RAY_ADDRESS": cluster.address})
+        assert (
+            f"ERR the Ray executor could not connect to the Ray cluster at {cluster.address!r} (from RAY_ADDRESS): "
+            "a cluster there refused or failed the connection: ConnectionError: " in out
+        ), out
+        assert "ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken" in out, out
+        assert "found no Ray cluster" not in out and "CAUSE ConnectionError" in out, out
+        assert took < 90, out  # Ray retries for about 20 s
+        # The same driver with the token is welcome: it was the token, not the cluster.
+        out, _ = run_driver(
+            tmp_path, {"RAY_ADDRESS": cluster.address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+        )
+        assert "RESULT 41" in out, out
+    finally:
+        cluster.stop()
+
+
+def test_the_test_cluster_does_not_depend_on_the_users_home(tmp_path, monkeypatch):
+    """With a token in ~/.ray/auth_token, Ray 2.60's `ray start` turns token authentication on,
+    and a driver given the address (as every driver in these tests is) has no token to show."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("kf0stray0token0" + "cd" * 16)
+    monkeypatch.setenv("HOME", str(home))
+    cluster = RayCluster(nodes=1)
+    try:
+        cluster.start()
+        out, _ = run_driver(tmp_path, {"RAY_ADDRESS": cluster.address, "HOME": str(home)})
+        assert "RESULT 41" in out, out
+    finally:
+        cluster.stop()
 
 
 def test_the_core_never_imports_ray():

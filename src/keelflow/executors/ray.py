@@ -25,10 +25,12 @@ import os
 import queue
 import socket
 import sys
+import tempfile
 import threading
 from typing import Any
 
 import ray
+from ray._private import services  # ray.init's own address lookup
 
 from .. import objects
 from ..engine.journal import BLOB_THRESHOLD, load_blob, store_blob
@@ -37,7 +39,7 @@ from ..objects import new_id
 from ._worker import call_runner, prepare
 from .base import Demand, Executor, Outcome, Task
 
-__all__ = ["RayExecutor", "connect"]
+__all__ = ["RayExecutor", "connect", "resolve_address"]
 
 # Small function blobs travel inline with each task (a ref would cost a fetch from the driver).
 _INLINE_FUNC_BYTES = 64 * 1024
@@ -47,22 +49,165 @@ _KEEP_BLOB_OBJECTS = 64
 
 
 def connect(address: str | None = None) -> None:
-    """Attach this process to the running Ray cluster (``RAY_ADDRESS``, else ``"auto"``)."""
+    """Attach this process to the running Ray cluster: ``address``, else ``RAY_ADDRESS``, else
+    the one ``ray.init(address="auto")`` finds (see :func:`resolve_address`).
+
+    No cluster there is a :class:`KeelflowError` within seconds that names the address and
+    where it came from (Ray itself keeps retrying such an address for minutes). A cluster that
+    is there but refuses the connection (token authentication, say) is one that quotes Ray.
+    """
     if ray.is_initialized():
         return
-    target = address or os.environ.get("RAY_ADDRESS") or "auto"
-    hint = "start one (`ray start --head`) or set RAY_ADDRESS to a running cluster's address"
-    # Ray keeps retrying an address where nothing listens for a minute or more: look first.
-    host, sep, port = target.rpartition(":")
-    if sep and port.isdigit() and "://" not in target:
+    target, source, auto = resolve_address(address)
+    if target == "local" or "://" in target:  # a new local cluster, or Ray Client: Ray's own business
+        _ray_init(target, f"{target!r} ({source})")
+        return
+    try:
+        dialled = services.canonicalize_bootstrap_address(target) or target
+    except ValueError as e:
+        raise KeelflowError(f"the Ray executor got {target!r} ({source}), which is not a Ray address: {e}") from e
+    # Ray dials 127.0.0.1 and localhost as this machine's outbound address: so does the probe.
+    where = f"{target!r} ({source}{'' if dialled == target else f'; Ray dials it as {dialled}'})"
+    problem = _probe(dialled)
+    if problem is not None:
+        if problem[0].startswith("something"):
+            hint = "check the address: a Ray cluster's is its head's GCS port, which `ray start --head` prints"
+        elif source.startswith("from the file"):
+            hint = (
+                "the cluster that wrote it is gone: delete that file or start a cluster (`ray start --head` "
+                "rewrites it), or set RAY_ADDRESS to a running cluster's address"
+            )
+        else:
+            hint = "start one (`ray start --head`) or set RAY_ADDRESS to a running cluster's address"
+        raise KeelflowError(f"the Ray executor found no Ray cluster at {where}: {problem[0]}; {hint}") from problem[1]
+    # "auto" stays "auto" for Ray: only then does it use a token that it finds in ~/.ray/auth_token.
+    _ray_init("auto" if auto else target, where)
+
+
+def resolve_address(address: str | None = None) -> tuple[str, str, bool]:
+    """``(address, where it came from, whether Ray's "auto" lookup found it)``, resolved as Ray
+    2.60's ``ray.init`` does (``ray._private.services.get_ray_address_from_environment``).
+
+    The address given, else ``RAY_ADDRESS`` if set and not ``"auto"``. Else, for ``"auto"``: the
+    GCS address of the Ray node running on this machine (Ray reads it off the raylet's command
+    line), but when several clusters run here or none does, the address that the last
+    ``ray start`` recorded in ``$RAY_TMPDIR/ray/ray_current_cluster`` (``$TMPDIR``, else ``/tmp``,
+    stand in for ``$RAY_TMPDIR``), which outlives a cluster that was killed.
+    """
+    if address and address != "auto":
+        return address, "as given", False
+    env = os.environ.get("RAY_ADDRESS")
+    if env and env != "auto":
+        return env, "from RAY_ADDRESS", False
+    path = _address_file()
+    try:
+        with open(path) as f:
+            recorded: str | None = f.read().strip()
+    except FileNotFoundError:
+        recorded = None
+    getattr(services.find_gcs_addresses, "cache_clear", lambda: None)()  # as ray.init does
+    running = sorted(services.find_gcs_addresses())
+    if recorded is not None and len(running) != 1:
+        return recorded, f"from the file {path}, left by the last `ray start` on this machine", True
+    if running:
+        return running[0], "the GCS address of the Ray node running on this machine", True
+    raise KeelflowError(
+        "the Ray executor found no Ray cluster: RAY_ADDRESS is not set, no Ray node runs on this machine, "
+        f"and no `ray start` recorded one in {path}; start one (`ray start --head`) or set RAY_ADDRESS "
+        "to a running cluster's address"
+    )
+
+
+def _address_file() -> str:
+    """Where ``ray start`` records its cluster for ``"auto"`` (Ray's
+    ``ray._common.utils.get_ray_address_file(None)``)."""
+    if "RAY_TMPDIR" in os.environ:
+        base = os.environ["RAY_TMPDIR"]
+    elif sys.platform.startswith("linux") and "TMPDIR" in os.environ:
+        base = os.environ["TMPDIR"]
+    elif sys.platform.startswith(("darwin", "linux")):
+        base = "/tmp"
+    else:
+        base = tempfile.gettempdir()
+    return os.path.join(base, "ray", "ray_current_cluster")
+
+
+# An HTTP/2 client's connection preface with an empty SETTINGS frame. Ray's GCS is a gRPC server,
+# which answers with a SETTINGS frame of its own.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _probe(address: str) -> tuple[str, BaseException | None] | None:
+    """What is wrong at ``address`` (what to say, and the error behind it), or ``None`` if a
+    gRPC server answers there. Ray keeps retrying for minutes both where nothing listens and
+    where something that is not a Ray cluster does."""
+    host, _, port = address.rpartition(":")
+    try:
+        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=5)
+    except OSError as e:
+        return f"nothing listens there ({e})", e
+    with sock:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            return None  # the cluster speaks TLS: the port is open, Ray takes it from here
+        got = b""
         try:
-            socket.create_connection((host, int(port)), timeout=5).close()
+            sock.settimeout(10)
+            sock.sendall(_H2_PREFACE)
+            while len(got) < 9:
+                chunk = sock.recv(9 - len(got))
+                if not chunk:
+                    break
+                got += chunk
+            if len(got) == 9 and got[3] == 4:  # a SETTINGS frame
+                return None
+            if len(got) == 9:
+                sock.settimeout(1)
+                got += sock.recv(80)  # more of what it said, to quote it
         except OSError as e:
-            raise KeelflowError(f"the Ray executor found no Ray cluster at {target!r}: {e}; {hint}") from e
+            if not got:
+                return f"something listens there but does not answer as a Ray cluster would ({e!r})", e
+        said = f"it answered {got[:80]!r}" if got else "it closed the connection unanswered"
+        return f"something listens there but it is not a Ray cluster ({said}; Ray's GCS speaks gRPC)", None
+
+
+def _ray_init(target: str, where: str) -> None:
     try:
         ray.init(address=target, logging_level=logging.WARNING, configure_logging=False)
-    except ConnectionError as e:
-        raise KeelflowError(f"the Ray executor found no Ray cluster at {target!r} ({e}); {hint}") from e
+    except Exception as e:
+        raise KeelflowError(
+            f"the Ray executor could not connect to the Ray cluster at {where}: "
+            f"a cluster there refused or failed the connection: {ray_error(e)}"
+        ) from e
+
+
+def ray_error(e: BaseException) -> str:
+    """What Ray said, as ``module.Type: message``, with the root cause that Ray wraps: a failed
+    connection is a ``ConnectionError`` from a ``RuntimeError`` whose message holds the formatted
+    traceback of the last attempt (ending ``ray.exceptions.AuthenticationError: ...``, say)."""
+
+    def name(x: BaseException) -> str:
+        kind = type(x)
+        return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+    def cause_of(x: BaseException) -> BaseException | None:
+        return x.__cause__ if x.__cause__ is not None or x.__suppress_context__ else x.__context__
+
+    said = f"{name(e)}: {e}"
+    seen = {id(e)}
+    inner = cause_of(e)
+    while inner is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        text = str(inner)
+        marker = "Traceback (most recent call last):"
+        if marker in text:  # the last unindented line of the traceback: "module.Type: message"
+            lines = [line for line in text.rsplit(marker, 1)[1].splitlines() if line.strip()]
+            last = next((line for line in reversed(lines) if not line[0].isspace()), None)
+            if last is not None:
+                return f"{said} (Ray's last connection error: {last.strip()})"
+        if cause_of(inner) is None:
+            return f"{said} (caused by {name(inner)}: {text})"
+        inner = cause_of(inner)
+    return said
 
 
 class RayExecutor(Executor):
