@@ -13,6 +13,7 @@ import pytest
 import keelflow as workflow
 from conftest import TESTS
 from keelflow.engine import actor as actor_engine
+from keelflow.serialization import frame
 from test_backends import SegmentedFile, SegmentedMemory
 
 
@@ -146,7 +147,7 @@ def test_torn_tail_is_cut_off_by_the_next_owner(storage):
     workflow.shutdown()
     path = os.path.join(storage, "actors", "torn", "journal")
     with open(path, "ab") as f:
-        f.write(b"\x40\x00\x00\x00\x12\x34")  # a frame header promising more than was written
+        f.write(frame(b"x" * 64)[:20])  # a record cut off mid-write (its header promises more)
     workflow.init(storage, executor="thread")
     log = workflow.get_actor("torn")
     assert log.add.run(3) == 4

@@ -104,6 +104,7 @@ EXPECTED_ALL = {
     "resume",
     "resume_all",
     "resume_async",
+    "salvage",
     "send_event",
     "shutdown",
     "sleep",

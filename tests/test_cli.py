@@ -389,6 +389,8 @@ def test_actors_lists_state_and_calls(wf, cli):
 
 
 def test_the_module_entry_point_and_a_light_import(storage):
+    workflow.init(storage)  # creates it: the command line never does
+    workflow.shutdown()
     listed = run_cli("list", "--json", "--storage", storage)
     assert (listed.returncode, json.loads(listed.stdout)) == (0, [])
     missing = run_cli("output", "nope", "--storage", storage)

@@ -10,14 +10,13 @@ running may run twice (at-least-once), and every step runs exactly once after th
 from __future__ import annotations
 
 import os
-import struct
 import time
-import zlib
 
 import pytest
 
 import crashsteps as cs
 import keelflow as workflow
+from keelflow.serialization import frame, scan_frames
 
 WID = "wf"
 
@@ -246,22 +245,18 @@ def journal_path(h: cs.Harness, wid: str = WID) -> str:
 
 
 def frames(data: bytes) -> list[tuple[int, int]]:
-    """``[(offset, payload length), …]`` of the journal's ``<len:u32><crc32:u32><payload>`` frames."""
-    out, pos = [], 0
-    while pos + 8 <= len(data):
-        length, crc = struct.unpack_from("<II", data, pos)
-        payload = data[pos + 8 : pos + 8 + length]
-        if len(payload) < length or zlib.crc32(payload) != crc:
-            break
-        out.append((pos, length))
-        pos += 8 + length
-    assert pos == len(data), "the journal after a kill holds whole frames only"
-    return out
+    """``[(offset, payload length), …]`` of the journal's frames."""
+    scan = scan_frames(data)
+    assert scan.clean, "the journal after a kill holds whole frames only"
+    return [(offset, len(payload)) for offset, payload in zip(scan.offsets, scan.payloads, strict=True)]
+
+
+HEADER = 12  # bytes before a frame's payload
 
 
 @pytest.mark.parametrize(
     "tail",
-    [struct.pack("<II", 1000, 0x12345678) + b"0123456789", b"\x07\x00\x00"],
+    [frame(b"x" * 1000)[: HEADER + 10], frame(b"x" * 1000)[:7]],
     ids=["frame-announcing-1000-bytes", "partial-header"],
 )
 def test_torn_journal_tail_is_ignored(h_thread, tail):
@@ -296,7 +291,7 @@ def test_damaged_middle_record_is_reported_by_path(h_thread):
     found = frames(bytes(data))
     assert len(found) >= 3, found
     offset, length = found[len(found) // 2]  # neither the first nor the last record
-    data[offset + 8 + length // 2] ^= 0xFF
+    data[offset + HEADER + length // 2] ^= 0xFF
     with open(path, "wb") as f:
         f.write(data)
 

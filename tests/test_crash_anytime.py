@@ -32,7 +32,7 @@ import keelflow as workflow
 from keelflow.engine.results import load
 from keelflow.storage import open_storage
 workflow.init(sys.argv[1], executor=sys.argv[2])
-loaded = load(open_storage(sys.argv[1]), "w", strict=False)
+loaded = load(open_storage(sys.argv[1]), "w")
 # Steps whose output (or continuation) was durable when the owner died.
 done = [] if loaded is None else [n.name for n in loaded[0].nodes if n.done or n.continued is not None]
 status = workflow.get_status("w").value

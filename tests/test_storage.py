@@ -47,6 +47,28 @@ def test_put_get_replace(store):
     assert store.get("a/b") == b"two"
 
 
+def test_size_without_reading(store):
+    assert store.size("a/b") is None
+    store.put("a/b", b"12345")
+    assert store.size("a/b") == 5
+    store.put("a/b", b"")
+    assert store.size("a/b") == 0
+    store.put("a/c/d", b"x")
+    assert store.size("a/c") is None  # a prefix holds no bytes of its own
+
+
+def test_opening_writes_nothing_and_need_not_create(tmp_path):
+    missing = tmp_path / "missing"
+    with pytest.raises(StorageError, match="does not exist"):
+        open_storage(str(missing), create=False)
+    assert not missing.exists()
+    existing = tmp_path / "there"
+    existing.mkdir()
+    open_storage(str(existing), create=False).close()
+    open_storage(str(existing)).close()
+    assert list(existing.iterdir()) == []
+
+
 def test_put_if_absent(store):
     assert store.put_if_absent("x/y", b"1") is True
     assert store.put_if_absent("x/y", b"2") is False

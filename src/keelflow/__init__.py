@@ -51,6 +51,7 @@ _LAZY = {
     "resume": "api",
     "resume_all": "api",
     "resume_async": "api",
+    "salvage": "api",
     "shutdown": "api",
     "submit": "api",
     "virtual_actor": "actors",
@@ -105,6 +106,7 @@ __all__ = [
     "resume",
     "resume_all",
     "resume_async",
+    "salvage",
     "send_event",
     "shutdown",
     "sleep",
@@ -141,6 +143,7 @@ if TYPE_CHECKING:
         resume,
         resume_all,
         resume_async,
+        salvage,
         shutdown,
         submit,
     )

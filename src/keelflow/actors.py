@@ -31,6 +31,7 @@ from .engine.actor import (
     read_meta,
     state_value,
 )
+from .engine.journal import prepare_write
 from .errors import KeelflowError, SerializationError, WorkflowNotFoundError, WorkflowRunningError
 from .objects import FutureRef, ObjectRef, current_step, current_workflow, get
 from .step import StepFunction, StepOptions, Workflow, _code_fingerprint
@@ -145,7 +146,7 @@ def _host(actor_id: str, cls: type | None = None) -> ActorHost:
             return host
     meta = read_meta(rt.storage, actor_id)
     if meta is None:
-        raise not_found(actor_id)
+        raise not_found(rt.storage, actor_id)
     _header, blob, state = meta
     if cls is None:
         try:
@@ -210,6 +211,7 @@ def _get_or_create(cls: type, actor_id: str, *args: Any, **kwargs: Any) -> Actor
     if read_meta(rt.storage, actor_id) is None:
         inst = cls(*args, **kwargs)
         state = encode_state(actor_id, inst)
+        prepare_write(rt.storage)
         rt.storage.put_if_absent(f"{actor_root(actor_id)}/meta", meta_record(actor_id, cls, state))
     host = _host(actor_id, cls)
     host.touch()
@@ -405,7 +407,7 @@ def _records(actor_id: str) -> tuple[dict[str, Any], tuple[str, bytes], list[tup
     api.validate_id(actor_id, "actor id")
     meta = read_meta(rt.storage, actor_id)
     if meta is None:
-        raise not_found(actor_id)
+        raise not_found(rt.storage, actor_id)
     header, _blob, state = meta
     # The inbox before the journal: a call moved from one to the other meanwhile is then seen
     # twice (and counted once), never missed.
@@ -539,7 +541,7 @@ def delete_actor(actor_id: str) -> None:
         raise WorkflowRunningError(f"actor {actor_id!r} is running calls in a live process", workflow_id=actor_id)
     try:
         if read_meta(rt.storage, actor_id) is None:
-            raise not_found(actor_id)
+            raise not_found(rt.storage, actor_id)
         for rec in read_journals(rt.storage, actor_id):
             if rec[0] == "cont":
                 try:

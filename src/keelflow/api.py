@@ -14,10 +14,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from .engine.journal import Journal, check_format
-from .engine.results import execution_error, load, output_value, require, resolved_node, step_value
+from .engine.results import ENDED, execution_error, load, not_found, output_value, require, resolved_node, step_value
 from .engine.runtime import Runtime, cancel_key, lease_key, new_workflow_id, owner_info
 from .engine.state import ROOT, WorkflowState
 from .errors import (
+    CorruptCheckpointError,
     InvalidIdError,
     KeelflowError,
     StepNotFoundError,
@@ -28,7 +29,7 @@ from .errors import (
 from .executors.base import Executor
 from .objects import FutureRef
 from .step import Workflow, _check_metadata
-from .storage import Storage, open_storage
+from .storage import RESERVED_PREFIX, Storage, open_storage
 
 __all__ = [
     "WorkflowStatus",
@@ -44,6 +45,7 @@ __all__ = [
     "resume_all",
     "resume_async",
     "run_workflow",
+    "salvage",
     "shutdown",
     "submit",
 ]
@@ -80,6 +82,7 @@ def init(
     executor: str | None = None,
     num_cpus: float | None = None,
     resources: dict[str, float] | None = None,
+    create: bool = True,
 ) -> None:
     """Choose storage and executor for this process.
 
@@ -91,6 +94,9 @@ def init(
             default ``$KEELFLOW_EXECUTOR``.
         num_cpus: CPUs the local executor may use at once (default: all cores).
         resources: custom resources this machine offers, e.g. ``{"GPU": 1, "db": 4}``.
+        create: create the storage if there is none yet. With ``False``, storage that does not
+            exist (or holds no keelflow data) raises :class:`StorageError` and nothing is
+            created: for tools that only look. Opening existing storage never writes to it.
 
     Calling it again with the same arguments does nothing; with others it raises unless
     :func:`shutdown` was called first.
@@ -116,8 +122,8 @@ def init(
                 f"keelflow is already initialised with storage {_runtime_obj.storage.url!r}; "
                 "call workflow.shutdown() before init with other arguments"
             )
-        store = url if isinstance(url, Storage) else open_storage(url)
-        check_format(store)
+        store = url if isinstance(url, Storage) else open_storage(url, create=create)
+        check_format(store, create=create)
         execu = _make_executor(kind, store, num_cpus, resources)
         _runtime_obj = Runtime(store, execu)
         _config = config
@@ -261,6 +267,9 @@ def validate_id(workflow_id: Any, what: str = "workflow id") -> str:
         raise InvalidIdError(f"{what} {workflow_id!r} must not contain '/' or '\\'")
     if ".." in workflow_id or workflow_id == ".":
         raise InvalidIdError(f"{what} {workflow_id!r} must not contain '..' or be '.'")
+    if workflow_id.startswith(RESERVED_PREFIX):
+        # Storage keeps its temporary files under such names and hides them from listings.
+        raise InvalidIdError(f"{what} {workflow_id!r} must not start with {RESERVED_PREFIX!r} (reserved by keelflow)")
     if any(ord(c) < 32 or ord(c) == 127 for c in workflow_id):
         raise InvalidIdError(f"{what} {workflow_id!r} must not contain control characters")
     if len(workflow_id.encode()) > 200:
@@ -287,7 +296,7 @@ def run_workflow(
         return _in_background(_wait_elsewhere, wid, rt, wid)
     try:
         # We hold the lease, so a torn tail left by a dead owner can be cut off here.
-        loaded = load(rt.storage, wid, repair=True)
+        loaded = load(rt.storage, wid, owner=True)
         if loaded is None:
             return FutureRef(rt.create(root, wid, meta, lease, owned_by), wid)
         state, journal, _ = loaded
@@ -326,7 +335,7 @@ def submit(root: Workflow[Any], workflow_id: str | None = None, metadata: dict[s
             lease.release()
         raise WorkflowRunningError(workflow_id=wid)
     try:
-        if load(rt.storage, wid, strict=False) is not None:
+        if load(rt.storage, wid) is not None:
             raise KeelflowError(f"workflow {wid!r} already exists; submit a new id", workflow_id=wid)
         rt.record_start(root, wid, meta)
     finally:
@@ -348,7 +357,7 @@ def _wait_elsewhere(rt: Runtime, workflow_id: str, name: str | None = None) -> A
         if status != WorkflowStatus.RUNNING:
             return _output(rt, workflow_id, name, status)
         if name is not None:
-            loaded = load(rt.storage, workflow_id, strict=False)
+            loaded = load(rt.storage, workflow_id)
             if loaded is not None and name in loaded[0].names:
                 state, journal, records = loaded
                 index = state.names[name]
@@ -387,15 +396,15 @@ def _resume(wid: str, include_failed: bool = True) -> tuple[FutureRef[Any] | Non
     rt = _runtime()
     if rt.local_run(wid) is not None:
         raise WorkflowRunningError(workflow_id=wid)
+    if not _exists(rt, wid):
+        raise not_found(rt.storage, wid)  # before taking a lease, which would create its directory
     lease = rt.storage.acquire_lease(lease_key(wid), owner_info())
     if lease is None:
-        if load(rt.storage, wid, strict=False) is None:
-            raise WorkflowNotFoundError(workflow_id=wid)
         raise WorkflowRunningError(workflow_id=wid)
     try:
-        loaded = load(rt.storage, wid, repair=True)
+        loaded = load(rt.storage, wid, owner=True)
         if loaded is None:
-            raise WorkflowNotFoundError(workflow_id=wid)
+            raise not_found(rt.storage, wid)
         state, journal, _ = loaded
         if rt.storage.get(cancel_key(wid)) is not None and not state.cancelled and not state.finished:
             # Cancelled while its owner was dying: record what the owner never could.
@@ -446,6 +455,10 @@ def resume_all(include_failed: bool = False) -> list[tuple[str, FutureRef[Any]]]
             ref, adopted = _resume(wid, include_failed)
         except (WorkflowRunningError, WorkflowCancelledError, WorkflowNotFoundError):
             return None  # running elsewhere, cancelled meanwhile, or deleted
+        except CorruptCheckpointError as e:
+            # One damaged workflow must not stop the others (nor a worker) from going on.
+            log.error("cannot resume workflow %s: %s", wid, e, extra={"workflow_id": wid})
+            return None
         return ref if adopted else None  # (else it had ended; its index was out of date)
 
     # Resuming is mostly waiting on storage (leases, reading journals): overlap a few.
@@ -485,32 +498,51 @@ def _status(rt: Runtime, wid: str) -> WorkflowStatus:
     return _status_and_index(rt, wid)[0]
 
 
-def _status_and_index(rt: Runtime, wid: str) -> tuple[WorkflowStatus, dict[str, Any]]:
-    """The status, and the status index it came from (empty if there was none)."""
+def _status_and_index(rt: Runtime, wid: str, *, verify: bool = True) -> tuple[WorkflowStatus, dict[str, Any]]:
+    """The status, and the status index it came from (empty if there was none). With
+    ``verify``, an ended workflow's journal is checked to still hold its end (one stat)."""
     if rt.local_run(wid) is not None:
         return WorkflowStatus.RUNNING, rt.read_index(wid) or {}
     info = rt.read_index(wid)
-    return _status_from(rt, wid, info), info or {}
+    return _status_from(rt, wid, info, verify), info or {}
 
 
-def _status_from(rt: Runtime, wid: str, info: dict[str, Any] | None) -> WorkflowStatus:
+def _status_from(rt: Runtime, wid: str, info: dict[str, Any] | None, verify: bool = True) -> WorkflowStatus:
     if info is None:
-        loaded = load(rt.storage, wid, strict=False)
+        loaded = load(rt.storage, wid)
         if loaded is None:
-            raise WorkflowNotFoundError(workflow_id=wid)
+            raise not_found(rt.storage, wid)
         name = loaded[0].status_name
     else:
         name = info.get("status", "RUNNING")
-    if name in ("SUCCESSFUL", "CANCELED", "FAILED"):
+    if name in ENDED:
+        if verify and info is not None:
+            _verify_end(rt, wid, info)
         return WorkflowStatus(name)
     if rt.storage.get(cancel_key(wid)) is not None:
         return WorkflowStatus.CANCELED
     if rt.storage.lease_held(lease_key(wid)):
         return WorkflowStatus.RUNNING
-    loaded = load(rt.storage, wid, strict=False)
-    if loaded is not None and loaded[0].status_name != "RUNNING":
+    loaded = load(rt.storage, wid)
+    if loaded is None:
+        raise not_found(rt.storage, wid)
+    if loaded[0].status_name != "RUNNING":
         return WorkflowStatus(loaded[0].status_name)
     return WorkflowStatus.RESUMABLE
+
+
+def _verify_end(rt: Runtime, wid: str, info: dict[str, Any]) -> None:
+    """:class:`CorruptCheckpointError` if the journal no longer holds the end the index
+    records: it is missing, or shorter than it was when the workflow ended."""
+    journal = Journal(rt.storage, wid)
+    extent = info.get("journal_extent")
+    journal.check_extent(extent if isinstance(extent, int) and extent > 0 else 1)
+
+
+def _exists(rt: Runtime, wid: str) -> bool:
+    """Whether anything of the workflow is stored: its journal, or its status index (which a
+    damaged journal leaves behind; :func:`load` then names the damage)."""
+    return rt.storage.size(f"workflows/{wid}/status") is not None or Journal(rt.storage, wid).exists()
 
 
 def get_output(workflow_id: str, *, name: str | None = None, timeout: float | None = None) -> Any:
@@ -592,9 +624,14 @@ def listing(
     found = []
     for wid in rt.storage.children("workflows"):
         try:
-            status, info = _status_and_index(rt, wid)
+            status, info = _status_and_index(rt, wid, verify=False)
         except WorkflowNotFoundError:
             continue
+        except CorruptCheckpointError as e:
+            # No index to go by and a damaged journal: listed (nobody can run it; resuming it
+            # names the damage), never hidden.
+            log.error("workflow %s: %s", wid, e, extra={"workflow_id": wid})
+            status, info = WorkflowStatus.RESUMABLE, {"damaged": str(e)}
         if wanted is None or status in wanted:
             found.append((-(info.get("start_time") or 0.0), wid, status, info))
     found.sort(key=lambda t: (t[0], t[1]))
@@ -607,10 +644,10 @@ def cancel(workflow_id: str) -> None:
     wid = validate_id(workflow_id)
     if rt.cancel_local(wid):
         return
+    if not _exists(rt, wid):
+        raise not_found(rt.storage, wid)
     lease = rt.storage.acquire_lease(lease_key(wid), owner_info())
     if lease is None:
-        if load(rt.storage, wid, strict=False) is None:
-            raise WorkflowNotFoundError(workflow_id=wid)
         # Owned by another live process: leave a request it picks up within a second.
         rt.storage.put(cancel_key(wid), owner_info())
         return
@@ -627,7 +664,7 @@ def _record_cancel(rt: Runtime, state: WorkflowState, journal: Journal) -> None:
     record = ("cancel", time.time())
     journal.append([record])
     state.apply(record)
-    rt.update_index(state.workflow_id, "CANCELED", ended=True)
+    rt.update_index(state.workflow_id, "CANCELED", ended=True, extent=journal.extent())
 
 
 def delete(workflow_id: str) -> None:
@@ -637,17 +674,60 @@ def delete(workflow_id: str) -> None:
     if rt.local_run(wid) is not None:
         raise WorkflowRunningError(f"workflow {wid!r} is running in this process; cancel it first", workflow_id=wid)
     rt.flush_index(wid)  # else an index write still queued would bring part of it back
+    if not _exists(rt, wid):
+        raise not_found(rt.storage, wid)
     lease = rt.storage.acquire_lease(lease_key(wid), owner_info())
     if lease is None:
         raise WorkflowRunningError(f"workflow {wid!r} is running in a live process; cancel it first", workflow_id=wid)
     try:
-        if not Journal(rt.storage, wid).exists():
-            raise WorkflowNotFoundError(workflow_id=wid)
+        # The index first: a reader never finds an index whose journal is gone (damage).
+        rt.storage.delete_prefix(f"workflows/{wid}/status")
         rt.storage.delete_prefix(f"workflows/{wid}")
         rt.storage.delete_prefix(cancel_key(wid))
         rt.storage.delete_prefix(f"events/{wid}")  # events sent to it and not received
     finally:
         lease.release()
+
+
+def salvage(workflow_id: str) -> dict[str, Any]:
+    """Make a workflow with a damaged journal resumable from its last intact record.
+
+    The records before the damage stay; the damaged bytes, and everything after them, are kept
+    beside the journal (``journal.damaged.<time>``) and never read again; the status index is
+    rebuilt. :func:`resume` then runs again the steps whose records were set aside. A journal
+    without damage is left alone. Refuses a workflow a live process runs.
+
+    Returns a report: ``damaged`` (False: nothing was done), ``damage`` (what was found),
+    ``records_kept``, ``steps_kept`` (checkpointed steps, of ``steps``), ``set_aside`` (where
+    the damaged part is kept) and ``status`` (what the workflow is now).
+    """
+    from .engine.salvage import salvage as salvage_journal
+
+    rt = _runtime()
+    wid = validate_id(workflow_id)
+    if rt.local_run(wid) is not None:
+        raise WorkflowRunningError(workflow_id=wid)
+    if not _exists(rt, wid):
+        raise not_found(rt.storage, wid)
+    rt.flush_index(wid)
+    lease = rt.storage.acquire_lease(lease_key(wid), owner_info())
+    if lease is None:
+        raise WorkflowRunningError(workflow_id=wid)
+    try:
+        report = salvage_journal(rt.storage, wid)
+    finally:
+        lease.release()
+    if report["damaged"]:
+        log.info(
+            "salvaged workflow %s: kept %d records (%d of %d steps checkpointed); the damaged part is kept at %s",
+            wid,
+            report["records_kept"],
+            report["steps_kept"],
+            report["steps"],
+            report["set_aside"],
+            extra={"workflow_id": wid},
+        )
+    return report
 
 
 def get_metadata(workflow_id: str, name: str | None = None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import click
 from . import __version__
 from .errors import (
     ActorNotFoundError,
+    CorruptCheckpointError,
     InvalidIdError,
     KeelflowError,
     StepNotFoundError,
@@ -41,7 +42,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # the workflow failed, or the operation did
 EXIT_USAGE = 2  # click's own code for bad usage; also a malformed id
 EXIT_NOT_FOUND = 3  # unknown workflow, step or actor id
-EXIT_STORAGE = 4  # storage unreachable, unreadable, of a newer format, or an unknown scheme
+EXIT_STORAGE = 4  # no storage there, unreachable, unreadable, damaged, of a newer format, or an unknown scheme
 
 # WorkflowStatus's values, spelled out so option parsing needs no management API.
 STATUSES = ("RUNNING", "FAILED", "RESUMABLE", "CANCELED", "SUCCESSFUL")
@@ -55,7 +56,7 @@ class CommandError(click.ClickException):
 
     def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
         super().__init__(message)
-        self.exit_code = code
+        self.exit_code = code  # type: ignore[misc]  # click declares it on the class
 
 
 class _Group(click.Group):
@@ -96,7 +97,7 @@ def main(ctx: click.Context, storage: str | None) -> None:
       1  the workflow failed, or the operation did (the error is on stderr)
       2  usage error: a bad option or argument, or a malformed id
       3  unknown workflow, step or actor id
-      4  storage problem: unknown scheme, unreadable, or written by a newer keelflow
+      4  storage problem: none there, unknown scheme, unreadable, damaged, or of a newer keelflow
     """
     ctx.ensure_object(dict)["storage"] = storage
 
@@ -125,14 +126,17 @@ def _storage_url(ctx: click.Context, storage: str | None) -> str | None:
 
 def _open(ctx: click.Context, storage: str | None, executor: str | None = None) -> None:
     """Initialise keelflow on the command's storage, and shut it down after the command if
-    this command started it (a caller that initialised keelflow itself keeps its runtime)."""
+    this command started it (a caller that initialised keelflow itself keeps its runtime).
+
+    Storage that does not exist is an error, never created: a mistyped --storage must not
+    look like an empty storage."""
     from . import api
 
     level = os.environ.get("KEELFLOW_LOG_LEVEL")
     if level:
         logging.basicConfig(level=level, format="%(asctime)s %(message)s")
     started = not api.initialized()
-    api.init(_storage_url(ctx, storage), executor=executor)
+    api.init(_storage_url(ctx, storage), executor=executor, create=False)
     if started:
         ctx.call_on_close(api.shutdown)
 
@@ -590,13 +594,69 @@ def delete(ctx: click.Context, workflow_id: str, yes: bool, storage: str | None)
     _open(ctx, storage)
     from . import api
 
-    current = api.get_status(workflow_id).value  # an unknown id fails here, before asking
+    try:
+        current = api.get_status(workflow_id).value  # an unknown id fails here, before asking
+    except CorruptCheckpointError as e:
+        click.echo(f"Warning: {e}", err=True)
+        current = "damaged"  # deleting is one way out of damage
     if current == "RUNNING":
         raise CommandError(f"workflow {workflow_id!r} is RUNNING; cancel it first")
     if not yes:
         click.confirm(f"Delete workflow {workflow_id!r} ({current}) and all its data?", abort=True)
     api.delete(workflow_id)
     click.echo(f"deleted {workflow_id}")
+
+
+@main.command()
+@click.argument("workflow_id")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@_storage_option
+@_json_option
+@click.pass_context
+def salvage(ctx: click.Context, workflow_id: str, yes: bool, storage: str | None, as_json: bool) -> None:
+    """Make a workflow with a damaged journal resumable from its last intact record.
+
+    The damaged part is kept beside the journal (journal.damaged.<time>), not deleted; the
+    steps whose records it held run again on `keelflow resume`. Asks first unless --yes.
+    """
+    _open(ctx, storage)
+    from . import api
+
+    try:
+        api.get_status(workflow_id)
+        api.get_metadata(workflow_id)  # reads (and checks) the whole journal
+    except CorruptCheckpointError as e:
+        click.echo(str(e), err=True)
+    else:
+        click.echo(f"workflow {workflow_id!r} has no damage; nothing to salvage", err=True)
+        return
+    if not yes:
+        click.confirm(
+            f"Keep the intact records of {workflow_id!r}, and set the damaged part aside for its steps to run again?",
+            abort=True,
+        )
+    report = api.salvage(workflow_id)
+    if as_json:
+        click.echo(_dump(report))
+        return
+    if not report["damaged"]:
+        click.echo(f"workflow {workflow_id!r} has no damage; nothing to salvage", err=True)
+        return
+    click.echo(
+        _pairs(
+            [
+                ("workflow", workflow_id),
+                (
+                    "kept",
+                    f"{report['records_kept']} records ({report['steps_kept']} of {report['steps']} steps done)",
+                ),
+                ("set aside", report["set_aside"]),
+                ("status", report["status"]),
+            ]
+        )
+    )
+    if report["status"] == "RESUMABLE":
+        click.echo(f"next: keelflow resume {workflow_id}", err=True)
 
 
 # -- actors ------------------------------------------------------------------------------------

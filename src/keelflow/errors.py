@@ -132,10 +132,11 @@ class StorageError(KeelflowError):
 
 
 class CorruptCheckpointError(StorageError):
-    """A stored record cannot be read; ``path`` names it."""
+    """A stored record cannot be read; ``path`` names it, and ``offset`` (when known) the byte
+    where the damage begins."""
 
-    def __init__(self, message: str = "", *, path: str | None = None, **kw: Any) -> None:
-        super().__init__(message or f"corrupted checkpoint at {path}", path=path, **kw)
+    def __init__(self, message: str = "", *, path: str | None = None, offset: int | None = None, **kw: Any) -> None:
+        super().__init__(message or f"corrupted checkpoint at {path}", path=path, offset=offset, **kw)
 
 
 class StorageFormatError(StorageError):

@@ -22,7 +22,7 @@ import io
 import pickle
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -32,18 +32,18 @@ from .errors import SerializationError
 __all__ = [
     "FORMAT_VERSION",
     "VALUE_CODEC",
+    "Scan",
     "decode",
     "dump_record",
     "encode",
     "frame",
-    "iter_frames",
     "load_record",
     "scan_frames",
-    "tail_is_torn",
 ]
 
-#: The storage format this release writes and the newest it reads.
-FORMAT_VERSION = 1
+#: The storage format this release writes and the newest it reads. Format 2 added a checksum
+#: to every frame's header (format-1 journals are still read).
+FORMAT_VERSION = 2
 #: The codec that user values are written with (stored in every journal header).
 VALUE_CODEC = "cloudpickle"
 
@@ -173,47 +173,148 @@ def load_record(data: bytes | memoryview) -> tuple[Any, ...]:
     return _RecordUnpickler(io.BytesIO(data)).load()  # type: ignore[no-any-return]
 
 
-_HEADER = struct.Struct("<II")  # payload length, crc32 of payload
+# A frame is a header and a payload. The header holds the payload's length (with the top bit
+# set: the mark of this layout), the payload's crc32, and a crc32 of those 8 bytes, so a damaged
+# length is caught before it is trusted. Frames of format 1 had no header checksum and no mark:
+# ``<II`` (length, crc32 of payload); they are still read, in journals that begin with them.
+_MARK = 0x80000000
+_HEADER = struct.Struct("<III")
+_HEADER_V1 = struct.Struct("<II")
+_MAX_PAYLOAD = _MARK - 1
 
 
 def frame(payload: bytes) -> bytes:
     """Length- and checksum-prefix a payload so a torn or damaged one is detected on read."""
-    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    if len(payload) > _MAX_PAYLOAD:
+        raise SerializationError(f"a record of {len(payload)} bytes is over the 2 GiB a frame can hold")
+    head = _HEADER_V1.pack(len(payload) | _MARK, zlib.crc32(payload))
+    return head + struct.pack("<I", zlib.crc32(head)) + payload
 
 
-def iter_frames(data: bytes) -> Iterator[tuple[int, memoryview]]:
-    """Yield ``(offset, payload)`` for each whole frame; stop at the first torn or bad one."""
+class Scan:
+    """What :func:`scan_frames` found: the whole frames, and what follows them.
+
+    ``end`` is the length of the valid prefix the frames make up. Past it there is nothing
+    (``clean``), a *torn tail* (``torn``: the unfinished last frame a crash mid-write leaves,
+    provably so: a partial header, or an intact header whose payload runs past the end), or
+    *damage* (anything else; ``problem`` says what was found at byte ``end``).
+    """
+
+    __slots__ = ("end", "marked", "offsets", "payloads", "problem", "size", "torn")
+
+    def __init__(
+        self,
+        payloads: list[memoryview],
+        offsets: list[int],
+        end: int,
+        size: int,
+        torn: bool,
+        problem: str,
+        marked: bool = False,
+    ) -> None:
+        self.payloads = payloads
+        #: Where each frame begins.
+        self.offsets = offsets
+        self.end = end
+        self.size = size
+        self.torn = torn
+        self.problem = problem
+        #: The frames read were of the current layout (see ``scan_frames(marked=...)``).
+        self.marked = marked
+
+    @property
+    def clean(self) -> bool:
+        return self.end == self.size
+
+    @property
+    def damaged(self) -> bool:
+        return not self.clean and not self.torn
+
+
+def scan_frames(data: bytes | memoryview, *, marked: bool = False) -> Scan:
+    """Read whole frames from the start of ``data`` until the first that is not whole.
+
+    ``marked``: frames of this layout came before ``data`` (a reader going on where it left
+    off), so a format-1 frame here can only be damage.
+    """
     view = memoryview(data)
+    size = len(view)
+    payloads: list[memoryview] = []
+    offsets: list[int] = []
     pos = 0
-    size = len(data)
-    while pos + _HEADER.size <= size:
-        length, crc = _HEADER.unpack_from(view, pos)
-        start = pos + _HEADER.size
+    while pos < size:
+        rest = size - pos
+        if rest < 4:
+            return Scan(payloads, offsets, pos, size, True, "", marked)
+        (word,) = struct.unpack_from("<I", view, pos)
+        if word & _MARK:
+            if rest < _HEADER.size:
+                return Scan(payloads, offsets, pos, size, True, "", marked)
+            word, crc, head_crc = _HEADER.unpack_from(view, pos)
+            if zlib.crc32(view[pos : pos + 8]) != head_crc:
+                return Scan(payloads, offsets, pos, size, False, "the record's header fails its checksum", marked)
+            start = pos + _HEADER.size
+            length = word & _MAX_PAYLOAD
+            marked = True
+        else:
+            if marked:
+                return Scan(payloads, offsets, pos, size, False, "the record's header lacks its format mark", marked)
+            if rest < _HEADER_V1.size:
+                return Scan(payloads, offsets, pos, size, True, "", marked)
+            length, crc = _HEADER_V1.unpack_from(view, pos)
+            start = pos + _HEADER_V1.size
         end = start + length
         if end > size:
-            return
+            if marked or not _frame_follows(view, pos + 1):
+                return Scan(payloads, offsets, pos, size, True, "", marked)
+            # A format-1 header cannot vouch for its length; a whole record further on shows
+            # this was no unfinished last write but a damaged length.
+            return Scan(
+                payloads, offsets, pos, size, False, "the record's length is damaged (whole records follow it)", marked
+            )
         payload = view[start:end]
         if zlib.crc32(payload) != crc:
-            return
-        yield pos, payload
-        pos = end
-
-
-def scan_frames(data: bytes) -> tuple[list[memoryview], int]:
-    """All whole frames and the length of the valid prefix they make up."""
-    payloads = []
-    end = 0
-    for offset, payload in iter_frames(data):
+            return Scan(payloads, offsets, pos, size, False, "the record fails its checksum", marked)
         payloads.append(payload)
-        end = offset + _HEADER.size + len(payload)
-    return payloads, end
+        offsets.append(pos)
+        pos = end
+    return Scan(payloads, offsets, pos, size, False, "", marked)
 
 
-def tail_is_torn(data: bytes, end: int) -> bool:
-    """Whether the bytes after the valid prefix ``end`` are an unfinished last frame (a crash
-    mid-write) rather than a whole frame that fails its checksum (damage)."""
-    rest = len(data) - end
-    if rest < _HEADER.size:
-        return True
-    length, _crc = _HEADER.unpack_from(data, end)
-    return end + _HEADER.size + length > len(data)
+#: How many payload bytes :func:`_frame_follows` checksums at most before it gives up.
+_RESYNC_BUDGET = 64 << 20
+
+
+def _frame_follows(view: memoryview, start: int) -> bool:
+    """Whether a whole frame holding a record begins anywhere at or after ``start`` (used only
+    for format-1 journals, where a damaged length cannot be told apart from a torn tail)."""
+    size = len(view)
+    budget = _RESYNC_BUDGET
+    for pos in range(start, size - _HEADER_V1.size + 1):
+        (word,) = struct.unpack_from("<I", view, pos)
+        if word & _MARK:
+            if size - pos < _HEADER.size:
+                continue
+            word, crc, head_crc = _HEADER.unpack_from(view, pos)
+            if zlib.crc32(view[pos : pos + 8]) != head_crc:
+                continue
+            first, length = pos + _HEADER.size, word & _MAX_PAYLOAD
+        else:
+            length, crc = _HEADER_V1.unpack_from(view, pos)
+            first = pos + _HEADER_V1.size
+        if length == 0 or first + length > size:
+            continue
+        budget -= length
+        if budget < 0:
+            return True  # too much to search: do not vouch for a torn tail
+        payload = view[first : first + length]
+        if zlib.crc32(payload) == crc and _is_record(payload):
+            return True
+    return False
+
+
+def _is_record(payload: memoryview) -> bool:
+    try:
+        return isinstance(load_record(payload), tuple)
+    except Exception:
+        return False

@@ -51,7 +51,7 @@ from ..objects import ObjectRef
 from ..step import Workflow
 from ..storage import Lease, Storage
 from .dag import SubDag, collect_refs, flatten
-from .journal import Journal
+from .journal import Journal, describe
 from .runtime import owner_info
 from .task import Refs, portable
 
@@ -118,7 +118,7 @@ def read_journals(storage: Storage, actor_id: str) -> list[tuple[Any, ...]]:
     newest = _newest_generation(storage, actor_id)
     records: list[tuple[Any, ...]] = []
     for gen in range(max(0, newest - 1), newest + 1):
-        records.extend(generation_journal(storage, actor_id, gen).read(strict=False))
+        records.extend(generation_journal(storage, actor_id, gen).read())
     return records
 
 
@@ -218,10 +218,17 @@ def read_meta(storage: Storage, actor_id: str) -> tuple[dict[str, Any], bytes, t
     raw = storage.get(key)
     if raw is None:
         return None
-    payloads, end = serialization.scan_frames(raw)
-    if len(payloads) != 1 or end != len(raw):
-        raise CorruptCheckpointError(f"actor record {storage.location(key)} is damaged", path=storage.location(key))
-    _, header, blob, state = serialization.load_record(payloads[0])
+    scan = serialization.scan_frames(raw)
+    where = storage.location(key)
+    if len(scan.payloads) != 1 or not scan.clean:
+        what = scan.problem or ("cut short" if scan.torn else "more than one record")
+        raise CorruptCheckpointError(
+            f"actor record {where} is damaged at byte {scan.end}: {what}", path=where, offset=scan.end
+        )
+    try:
+        _, header, blob, state = serialization.load_record(scan.payloads[0])
+    except Exception as e:
+        raise CorruptCheckpointError(f"actor record {where} is unreadable: {e}", path=where, offset=0) from e
     if header.get("format", 0) > serialization.FORMAT_VERSION:
         from ..errors import StorageFormatError
 
@@ -910,5 +917,8 @@ def call_error(actor_id: str, seq: int, exc_blob: bytes, tb: str) -> KeelflowErr
     return err
 
 
-def not_found(actor_id: str) -> ActorNotFoundError:
-    return ActorNotFoundError(f"no actor {actor_id!r} in this storage; create it with get_or_create", actor_id=actor_id)
+def not_found(storage: Storage, actor_id: str) -> ActorNotFoundError:
+    where = describe(storage)
+    return ActorNotFoundError(
+        f"no actor {actor_id!r} in {where}; create it with get_or_create", actor_id=actor_id, storage=where
+    )

@@ -27,7 +27,7 @@ from typing import Any
 import cloudpickle
 
 from .. import metrics, serialization
-from ..errors import KeelflowError, WorkflowCancelledError
+from ..errors import KeelflowError, StorageError, WorkflowCancelledError
 from ..executors.base import Demand, Executor, Outcome, Task
 from ..objects import new_id
 from ..storage import Lease, Storage
@@ -139,10 +139,10 @@ class Runtime:
         self.flush_index(workflow_id)
         return read_status(self.storage, workflow_id)
 
-    def update_index(self, workflow_id: str, status: str, *, ended: bool = False) -> None:
+    def update_index(self, workflow_id: str, status: str, *, ended: bool = False, extent: int | None = None) -> None:
         """Set the status in the index now (after this process's pending writes)."""
         self.flush_index(workflow_id)
-        update_status(self.storage, workflow_id, status, ended=ended)
+        update_status(self.storage, workflow_id, status, ended=ended, extent=extent)
 
     def local_run(self, workflow_id: str) -> Run | None:
         with self._lock:
@@ -629,7 +629,13 @@ class Runtime:
         else:
             error = WorkflowCancelledError(workflow_id=run.workflow_id)
         try:
-            self.write_index(run.workflow_id, _status_info(state, status, ended=True))
+            info = _status_info(state, status, ended=True)
+            try:
+                # Lets a reader tell a journal cut short later from one that never held more.
+                info["journal_extent"] = run.journal.extent()
+            except StorageError as e:
+                log.warning("could not measure the journal of workflow %s: %s", run.workflow_id, e)
+            self.write_index(run.workflow_id, info)
         finally:
             # Before the index says it ended, another process asking finds no lease and
             # reads the end from the journal.

@@ -88,6 +88,8 @@ class WorkflowState:
         self._name_counts: dict[str, int] = {}
         self.ready: deque[int] = deque()
         self.failed: int | None = None
+        #: A step failed for good at some point (the workflow may have been resumed since).
+        self.ever_failed = False
         self.cancelled = False
         # Event steps whose event is checkpointed but not yet acknowledged to the listener.
         self.unacked: dict[int, Any] = {}
@@ -129,6 +131,7 @@ class WorkflowState:
             node.error = (record[2], record[3])
             node.start, node.end, node.attempts = record[4]
             self.failed = record[1]
+            self.ever_failed = True
         elif kind == "resume":
             self._reset_failed()
         elif kind == "cancel":

@@ -13,7 +13,11 @@ from __future__ import annotations
 import abc
 from typing import ClassVar
 
-__all__ = ["Lease", "Storage"]
+__all__ = ["RESERVED_PREFIX", "Lease", "Storage"]
+
+#: Backends may keep temporary files under names that start with this, and hide them from
+#: :meth:`Storage.children`; the engine refuses ids that start with it.
+RESERVED_PREFIX = ".tmp-"
 
 
 class Lease(abc.ABC):
@@ -42,6 +46,12 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def get(self, key: str) -> bytes | None:
         """The bytes stored at ``key``, or ``None`` when nothing is stored there."""
+
+    def size(self, key: str) -> int | None:
+        """The length of the bytes stored at ``key``, or ``None``; without reading them where
+        the backend can (a stat, a HEAD request)."""
+        data = self.get(key)
+        return None if data is None else len(data)
 
     def read_from(self, key: str, offset: int) -> bytes | None:
         """The bytes at ``key`` from ``offset`` on (for following a growing journal)."""

@@ -16,15 +16,16 @@ import fcntl
 import itertools
 import os
 import shutil
+import stat
 import threading
 import time
 
 from ..errors import StorageError
-from .base import Lease, Storage
+from .base import RESERVED_PREFIX, Lease, Storage
 
 __all__ = ["FileStorage"]
 
-_TMP = ".tmp-"
+_TMP = RESERVED_PREFIX
 # fdatasync skips flushing metadata the data does not need; macOS has only fsync.
 _datasync = getattr(os, "fdatasync", os.fsync)
 
@@ -76,19 +77,27 @@ class FileStorage(Storage):
     can_append = True
     shared = True
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
         self.root = os.path.abspath(os.fspath(root))
         self.url = "file://" + self.root
         self._lock = threading.Lock()
         self._append_fds: dict[str, int] = {}
         self._known_dirs: set[str] = set()
         self._unsynced: set[str] = set()
+        if os.path.isdir(self.root):
+            return  # opening writes nothing: read-only or full storage can still be read
+        if os.path.exists(self.root):
+            raise StorageError(f"storage path {self.root} is not a directory", path=self.root)
+        if not create:
+            raise StorageError(
+                f"no keelflow storage at {self.root}: the directory does not exist; check the storage path "
+                "(--storage, $KEELFLOW_STORAGE, or workflow.init)",
+                path=self.root,
+            )
         try:
             os.makedirs(self.root, exist_ok=True)
         except OSError as e:
-            raise StorageError(f"cannot create storage directory {self.root}: {e.strerror}", path=self.root) from e
-        if not os.access(self.root, os.W_OK | os.X_OK):
-            raise StorageError(f"storage directory {self.root} is read-only or not writable", path=self.root)
+            raise self._error("create storage directory", self.root, e) from e
 
     # -- helpers -----------------------------------------------------------------------------
     def _path(self, key: str) -> str:
@@ -146,6 +155,16 @@ class FileStorage(Storage):
             return None
         except OSError as e:
             raise self._error("read", path, e) from e
+
+    def size(self, key: str) -> int | None:
+        path = self._path(key)
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            raise self._error("read", path, e) from e
+        return None if stat.S_ISDIR(st.st_mode) else st.st_size
 
     def read_from(self, key: str, offset: int) -> bytes | None:
         path = self._path(key)

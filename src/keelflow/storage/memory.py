@@ -57,6 +57,11 @@ class MemoryStorage(Storage):
             value = self._data.get(key)
             return None if value is None else bytes(value)
 
+    def size(self, key: str) -> int | None:
+        with self._lock:
+            value = self._data.get(key)
+            return None if value is None else len(value)
+
     def read_from(self, key: str, offset: int) -> bytes | None:
         with self._lock:
             value = self._data.get(key)

@@ -478,6 +478,13 @@ class S3Storage(Storage):
         found = self._read(key)
         return None if found is None else found[0]
 
+    def size(self, key: str) -> int | None:
+        try:
+            head = self._request("head_object", "read", key, Key=self._key(key))
+        except _NotFound:
+            return None
+        return int(head.get("ContentLength", 0))
+
     def read_from(self, key: str, offset: int) -> bytes | None:
         if offset <= 0:
             return self.get(key)
