@@ -242,18 +242,21 @@ def scan_frames(data: bytes | memoryview, *, marked: bool = False) -> Scan:
     payloads: list[memoryview] = []
     offsets: list[int] = []
     pos = 0
+    unpack, header_size, crc32 = _HEADER.unpack_from, _HEADER.size, zlib.crc32
     while pos < size:
         rest = size - pos
-        if rest < 4:
+        if rest >= header_size:  # the common case: one unpack serves either layout
+            word, crc, head_crc = unpack(view, pos)
+        elif rest >= 4:
+            (word,) = struct.unpack_from("<I", view, pos)
+        else:
             return Scan(payloads, offsets, pos, size, True, "", marked)
-        (word,) = struct.unpack_from("<I", view, pos)
         if word & _MARK:
-            if rest < _HEADER.size:
+            if rest < header_size:
                 return Scan(payloads, offsets, pos, size, True, "", marked)
-            word, crc, head_crc = _HEADER.unpack_from(view, pos)
-            if zlib.crc32(view[pos : pos + 8]) != head_crc:
+            if crc32(view[pos : pos + 8]) != head_crc:
                 return Scan(payloads, offsets, pos, size, False, "the record's header fails its checksum", marked)
-            start = pos + _HEADER.size
+            start = pos + header_size
             length = word & _MAX_PAYLOAD
             marked = True
         else:
@@ -273,7 +276,7 @@ def scan_frames(data: bytes | memoryview, *, marked: bool = False) -> Scan:
                 payloads, offsets, pos, size, False, "the record's length is damaged (whole records follow it)", marked
             )
         payload = view[start:end]
-        if zlib.crc32(payload) != crc:
+        if crc32(payload) != crc:
             return Scan(payloads, offsets, pos, size, False, "the record fails its checksum", marked)
         payloads.append(payload)
         offsets.append(pos)
