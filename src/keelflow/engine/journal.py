@@ -154,6 +154,7 @@ class Journal:
         self.storage = storage
         self.workflow_id = workflow_id
         self.root = root if root is not None else f"workflows/{workflow_id}"
+        self.kind = kind
         self.label = f"{kind} {workflow_id!r}"
         self.segmented = not storage.can_append
         self.key = f"{self.root}/{'journal.d' if self.segmented else 'journal'}"
@@ -221,9 +222,15 @@ class Journal:
         return found
 
     def _damage(self, location: str, offset: int, scan: serialization.Scan, records: int) -> CorruptCheckpointError:
+        if not records:
+            intact = "no record before it is intact"
+        elif self.kind == "workflow":
+            intact = f"the {records} records before it are intact (`keelflow salvage {self.workflow_id}` keeps them)"
+        else:
+            intact = f"the {records} records before it are intact"
         return CorruptCheckpointError(
-            f"journal of {self.label} at {location} is damaged at byte {offset}: {scan.problem}; "
-            f"the {records} records before it are intact (see 'Damaged storage' in the README)",
+            f"journal of {self.label} at {location} is damaged at byte {offset}: {scan.problem}; {intact}; "
+            "see 'Damaged storage' in keelflow's README",
             path=location,
             offset=offset,
         )
