@@ -252,17 +252,23 @@ def test_format_1_damaged_length_followed_by_whole_records_is_damage(finished):
     assert workflow.get_output("w", name="inc10") == 11
 
 
-def test_a_missing_or_damaged_segment_is_named(tmp_path):
+def segmented(tmp_path, steps: int) -> tuple[str, list[str]]:
+    """A finished chain of ``steps`` in storage that cannot append: its segments' directory and
+    names; keelflow is left initialised on a new storage object for the same directory."""
     store = SegmentedFile(tmp_path / "seg")
     workflow.init(store, executor="thread")
-    assert chain(6).run(workflow_id="w") == 6
+    assert chain(steps).run(workflow_id="w") == steps
     workflow.shutdown()
+    workflow.init(SegmentedFile(tmp_path / "seg"), executor="thread")
     segments = os.path.join(store.root, "workflows", "w", "journal.d")
-    names = sorted(os.listdir(segments))
+    return segments, sorted(os.listdir(segments))
+
+
+def test_a_missing_or_damaged_segment_is_named(tmp_path):
+    segments, names = segmented(tmp_path, 6)
     assert len(names) > 3
     moved = os.path.join(str(tmp_path), "aside")
     shutil.move(os.path.join(segments, names[2]), moved)
-    workflow.init(SegmentedFile(tmp_path / "seg"), executor="thread")
     missing = os.path.join(segments, names[2])
     assert_damage_named("w", missing, lambda: workflow.get_output("w"))
     shutil.move(moved, os.path.join(segments, names[2]))
@@ -337,14 +343,8 @@ def test_salvage_refuses_when_nothing_is_intact(finished):
 
 
 def test_salvage_of_a_segmented_journal(tmp_path):
-    store = SegmentedFile(tmp_path / "seg")
-    workflow.init(store, executor="thread")
-    assert chain(8).run(workflow_id="w") == 8
-    workflow.shutdown()
-    segments = os.path.join(store.root, "workflows", "w", "journal.d")
-    names = sorted(os.listdir(segments))
+    segments, names = segmented(tmp_path, 8)
     os.unlink(os.path.join(segments, names[3]))  # a segment lost: the ones after it go aside
-    workflow.init(SegmentedFile(tmp_path / "seg"), executor="thread")
     report = workflow.salvage("w")
     assert report["damaged"] and report["records_kept"] == 3
     assert sorted(os.listdir(report["set_aside"])) == names[4:]
