@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 
@@ -278,7 +279,7 @@ def test_a_missing_or_damaged_segment_is_named(tmp_path):
     assert_damage_named("w", os.path.join(segments, names[1]), lambda: workflow.get_output("w"))
 
 
-def test_a_damaged_journal_never_stops_a_worker_resuming_the_rest(storage):
+def test_a_damaged_journal_never_stops_a_worker_resuming_the_rest(storage, caplog):
     workflow.init(storage, executor="thread")
     for wid in ("a", "b"):
         workflow.submit(chain(4), workflow_id=wid)
@@ -287,8 +288,12 @@ def test_a_damaged_journal_never_stops_a_worker_resuming_the_rest(storage):
         f.seek(30)
         f.write(b"\x00\x00\x00")
     workflow.init(storage, executor="thread")
-    resumed = dict(workflow.resume_all())
-    assert list(resumed) == ["b"] and resumed["b"].result(30) == 4
+    with caplog.at_level(logging.ERROR, logger="keelflow"):
+        resumed = dict(workflow.resume_all())
+        assert list(resumed) == ["b"] and resumed["b"].result(30) == 4
+        assert workflow.resume_all() == []  # a worker asks every second: the damage is said once
+    said = [r for r in caplog.records if r.levelno == logging.ERROR and "cannot resume workflow a" in r.getMessage()]
+    assert len(said) == 1 and journal_of(storage, "a") in said[0].getMessage()
 
 
 def test_journal_reader_reads_only(storage):

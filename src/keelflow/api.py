@@ -73,6 +73,8 @@ _runtime_obj: Runtime | None = None
 _config: tuple[Any, ...] | None = None
 _helpers: concurrent.futures.ThreadPoolExecutor | None = None
 _atexit_registered = False
+#: ``(storage url, workflow id, error)`` of damage :func:`resume_all` has logged already.
+_damage_reported: set[tuple[str, str, str]] = set()
 
 
 # -- init / shutdown ----------------------------------------------------------------------------
@@ -457,7 +459,16 @@ def resume_all(include_failed: bool = False) -> list[tuple[str, FutureRef[Any]]]
             return None  # running elsewhere, cancelled meanwhile, or deleted
         except CorruptCheckpointError as e:
             # One damaged workflow must not stop the others (nor a worker) from going on.
-            log.error("cannot resume workflow %s: %s", wid, e, extra={"workflow_id": wid})
+            # Said once per process and damage (a worker calls this every second), then quietly.
+            said = (rt.storage.url, wid, str(e)) in _damage_reported
+            _damage_reported.add((rt.storage.url, wid, str(e)))
+            log.log(
+                logging.DEBUG if said else logging.ERROR,
+                "cannot resume workflow %s: %s",
+                wid,
+                e,
+                extra={"workflow_id": wid},
+            )
             return None
         return ref if adopted else None  # (else it had ended; its index was out of date)
 
