@@ -181,6 +181,30 @@ def test_http_events_reach_the_workflow(storage, tmp_path, workers):
     assert http("GET", f"{w.url}/workflows/order-7") == (200, {"workflow_id": "order-7", "status": "SUCCESSFUL"})
 
 
+def test_ray_2_http_events_reach_the_workflow(storage, tmp_path, workers):
+    """Ray 2.x's HTTPListener and its POST /event/send_event/<workflow_id>, on the worker."""
+    import workersteps as ws
+    from keelflow.http_event_provider import HTTPListener
+
+    workflow.init(storage, executor="thread")
+    workflow.submit(ws.record.step(workflow.wait_for_event(HTTPListener, event_key="approval")), workflow_id="ray2")
+    # Without a key, the key is the waiting step's name (Ray 2.x: its task id).
+    workflow.submit(ws.record.step(workflow.wait_for_event(HTTPListener)), workflow_id="ray2-default")
+    w = workers("--port", "0")
+    url = f"{w.url}/event/send_event/ray2"
+    assert http("POST", url, json.dumps({"event_key": "approval"}).encode())[0] == 400
+    assert http("POST", url, json.dumps({"event_key": 7, "event_payload": 1}).encode())[0] == 400
+    assert http("POST", f"{w.url}/event/send_event/nobody", b'{"event_key": "k", "event_payload": 1}')[0] == 404
+    body = json.dumps({"event_key": "approval", "event_payload": {"by": "ada"}}).encode()
+    assert http("POST", url, body) == (200, {})
+    body = json.dumps({"event_key": "keelflow.http_event_provider.HTTPListener", "event_payload": "yes"}).encode()
+    assert http("POST", f"{w.url}/event/send_event/ray2-default", body) == (200, {})
+    wait_status("ray2", "SUCCESSFUL")
+    assert workflow.get_output("ray2") == ("approval", {"by": "ada"})
+    wait_status("ray2-default", "SUCCESSFUL")
+    assert workflow.get_output("ray2-default") == ("keelflow.http_event_provider.HTTPListener", "yes")
+
+
 def test_the_worker_serves_prometheus_metrics(storage, tmp_path, workers):
     from prometheus_client.parser import text_string_to_metric_families
 

@@ -12,6 +12,8 @@ HTTP (bound to 127.0.0.1 unless told otherwise; any other address needs a token,
 ``Authorization: Bearer <token>``)::
 
     POST /events/<workflow_id>/<key>   body: the JSON payload (empty body: null), 202
+    POST /event/send_event/<workflow_id>  Ray 2.x's HTTP event provider: body
+                                       {"event_key": ..., "event_payload": ...}, 200
     GET  /workflows/<workflow_id>      {"workflow_id": ..., "status": ...}
     GET  /health                       {"status": "ok", "running": n}
     GET  /metrics                      Prometheus metrics (see keelflow.metrics)
@@ -33,7 +35,7 @@ from typing import Any
 
 from . import api
 from ._http import Handler, Listener, check_listen
-from .errors import InvalidIdError, SerializationError, WorkflowNotFoundError
+from .errors import InvalidIdError, SerializationError, StorageError, WorkflowNotFoundError
 
 __all__ = ["Worker"]
 
@@ -148,28 +150,55 @@ def _handler(worker: Worker) -> type[Handler]:
             if not self.authorized():
                 return
             parts = self.split()[0]
-            if len(parts) != 3 or parts[0] != "events":
-                self.reply(404, {"error": f"no such endpoint: POST {self.path} (POST /events/<workflow_id>/<key>)"})
-                return
-            _, workflow_id, key = parts
-            payload = self.read_json(MAX_BODY)
+            if len(parts) == 3 and parts[0] == "events":
+                _, workflow_id, key = parts
+                payload = self.read_json(MAX_BODY)
+                if self.deliver(workflow_id, key, payload):
+                    self.reply(202, {"workflow_id": workflow_id, "key": key, "stored": time.time()})
+            elif len(parts) == 3 and parts[:2] == ["event", "send_event"]:
+                # Ray 2.x's HTTP event provider: {"event_key": ..., "event_payload": ...}.
+                body = self.read_json(MAX_BODY)
+                if not isinstance(body, dict) or not {"event_key", "event_payload"} <= body.keys():
+                    self.reply(
+                        400, {"error": 'the body must be a JSON object {"event_key": ..., "event_payload": ...}'}
+                    )
+                    return
+                if not isinstance(body["event_key"], str):
+                    self.reply(400, {"error": "event_key must be a string"})
+                    return
+                if self.deliver(parts[2], body["event_key"], body["event_payload"]):
+                    self.reply(200, {})
+            else:
+                self.reply(
+                    404,
+                    {
+                        "error": f"no such endpoint: POST {self.path} (POST /events/<workflow_id>/<key>, "
+                        "or Ray 2.x's POST /event/send_event/<workflow_id>)"
+                    },
+                )
+
+        def deliver(self, workflow_id: str, key: str, payload: Any) -> bool:
+            """Store the event durably; False once a refusal is answered."""
             try:
                 api.validate_id(workflow_id)
                 api.validate_id(key, "event key")
                 api.get_status(workflow_id)
             except InvalidIdError as e:
                 self.reply(400, {"error": str(e)})
-                return
+                return False
             except WorkflowNotFoundError as e:
                 self.reply(404, {"error": f"{e}; send events to a workflow that was started or submitted"})
-                return
+                return False
+            except StorageError as e:  # its journal is damaged, say: the message names it
+                self.reply(500, {"error": str(e)})
+                return False
             from .events import send_event
 
             try:
                 send_event(workflow_id, key, payload)
             except SerializationError as e:  # JSON nested deeper than pickle goes, say
                 self.reply(400, {"error": f"the payload cannot be stored: {e}"})
-                return
-            self.reply(202, {"workflow_id": workflow_id, "key": key, "stored": time.time()})
+                return False
+            return True
 
     return WorkerHandler
