@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,6 +86,17 @@ def kf(storage, executor):
     workflow.init(storage, executor=executor)
     yield workflow
     workflow.shutdown()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "the condition") -> Any:
+    """Poll ``predicate`` until it returns something true (returned), failing after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.01)
 
 
 def run_python(code: str, *args: str, env: dict[str, str] | None = None, **kw):

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import time
 from pathlib import Path
 
 import pytest
 
 import keelflow
 import seedsteps
+from conftest import wait_until
 from keelflow import workflow
 from seedsteps import bump, count
 
@@ -38,13 +38,6 @@ class StubbornError(Exception):
         self.code = code
 
 
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 def dir_size(path: str | Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
@@ -65,32 +58,46 @@ def test_both_import_styles_give_the_same_api():
 
 
 EXPECTED_ALL = {
+    "CANCELED",
+    "FAILED",
+    "RESUMABLE",
+    "RUNNING",
+    "SUCCESSFUL",
     "ActorNotFoundError",
     "EventListener",
     "CorruptCheckpointError",
     "InvalidIdError",
     "KeelflowError",
     "ObjectRef",
+    "OutputNotReadyError",
     "SerializationError",
     "StepFunction",
     "StepNotFoundError",
     "StepOptions",
     "StorageError",
     "StorageFormatError",
+    "StorageURLError",
     "Workflow",
+    "WorkflowCancellationError",
     "WorkflowCancelledError",
+    "WorkflowError",
     "WorkflowExecutionError",
     "WorkflowNotFoundError",
+    "WorkflowRef",
     "WorkflowRunningError",
     "WorkflowStatus",
     "__version__",
     "cancel",
+    "continuation",
+    "create",
     "delete",
     "delete_actor",
     "event_listener",
     "get",
     "get_actor",
     "get_actor_metadata",
+    "get_current_task_id",
+    "get_current_workflow_id",
     "get_metadata",
     "get_output",
     "get_output_async",
@@ -99,11 +106,14 @@ EXPECTED_ALL = {
     "list_actor_calls",
     "list_actors",
     "list_all",
+    "options",
     "put",
     "receive_event",
     "resume",
     "resume_all",
     "resume_async",
+    "run",
+    "run_async",
     "salvage",
     "send_event",
     "shutdown",
@@ -111,6 +121,7 @@ EXPECTED_ALL = {
     "step",
     "submit",
     "virtual_actor",
+    "wait",
     "wait_for_event",
     "workflow",
 }
@@ -135,9 +146,16 @@ def test_error_hierarchy():
         E.SerializationError,
         E.InvalidIdError,
         E.StorageError,
+        E.OutputNotReadyError,
     ):
         assert issubclass(cls, E.KeelflowError), cls
     assert issubclass(E.InvalidIdError, ValueError)
+    # What Ray Workflows 1.x raised in their place, so its except clauses still catch them.
+    for cls in (E.WorkflowNotFoundError, E.StepNotFoundError, E.WorkflowCancelledError, E.OutputNotReadyError):
+        assert issubclass(cls, ValueError), cls
+    assert issubclass(E.WorkflowRunningError, RuntimeError)
+    assert issubclass(E.ActorNotFoundError, KeyError)
+    assert issubclass(E.StorageURLError, E.StorageError) and issubclass(E.StorageURLError, ValueError)
     assert issubclass(E.CorruptCheckpointError, E.StorageError)
     assert issubclass(E.StorageFormatError, E.StorageError)
     assert issubclass(E.KeelflowError, Exception)
@@ -480,6 +498,8 @@ def test_errors_pickle_round_trip_with_their_fields():
         workflow.InvalidIdError("bad id"),
         workflow.StorageError("unreachable"),
         workflow.StorageFormatError("newer format"),
+        workflow.StorageURLError("unknown scheme 'ftp'"),
+        workflow.OutputNotReadyError(workflow_id="w", step_name="s"),
         workflow.KeelflowError("plain"),
     ]
     for err in cases:

@@ -1,5 +1,6 @@
 """Events and durable timers (SPEC §7): seed examples, exactly-once delivery across SIGKILL,
-timers that keep their deadline across a crash, and external events."""
+timers that keep their deadline across a crash, and external events. (When a sleep's deadline
+is fixed, Ray Workflows 1.x's rule, is tested in test_ray1_semantics.py.)"""
 
 from __future__ import annotations
 
@@ -199,11 +200,14 @@ def test_killed_after_the_checkpoint_is_not_polled_again(storage, tmp_path, log)
 
 def test_a_sleep_resumed_after_a_crash_sleeps_only_the_time_left(storage, tmp_path, log):
     started = str(tmp_path / "started")
+    # The deadline is fixed when the sleep starts and checkpointed (as the output of the
+    # "keelflow.sleep" step) before the wait: the driver announces it once it is durable.
     proc = _start(
         f"""
         workflow.init(sys.argv[1], executor="thread")
         ref = workflow.sleep(6).run_async(workflow_id="nap")
-        open({started!r}, "w").write(repr(time.time()))
+        deadline = workflow.get_output("nap", name="keelflow.sleep")
+        open({started!r}, "w").write(repr(deadline - 6))
         ref.result()
         """,
         storage,
@@ -216,7 +220,7 @@ def test_a_sleep_resumed_after_a_crash_sleeps_only_the_time_left(storage, tmp_pa
         first_start = float(f.read())
     _resume(storage, log, "nap")
     finished = time.time()
-    # About 6 s after the first start (the deadline was stored), not 2 + 6 = 8.
+    # About 6 s after the sleep first started (its deadline was stored), not 2 + 6 = 8.
     assert 5.9 <= finished - first_start < 7.5, finished - first_start
 
 
@@ -226,6 +230,7 @@ def test_a_deadline_that_passed_while_nothing_ran_fires_at_once(storage, tmp_pat
         f"""
         workflow.init(sys.argv[1], executor="thread")
         ref = workflow.sleep(2).run_async(workflow_id="nap")
+        workflow.get_output("nap", name="keelflow.sleep")  # the deadline is durable
         open({started!r}, "w").write("x")
         ref.result()
         """,

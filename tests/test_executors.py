@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import _executor_runners as r
+from conftest import wait_until
 from keelflow.executors.base import Demand, Executor, Outcome, Task
 from keelflow.executors.local import ProcessExecutor
 from keelflow.executors.thread import ThreadExecutor
@@ -85,15 +86,6 @@ def alive(pid: int) -> bool:
         except ProcessLookupError:
             return False
         return True
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def read_pid(path: Path) -> int:

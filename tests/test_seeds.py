@@ -24,6 +24,7 @@ from typing import List, Tuple  # noqa: UP035 - the seeds' spelling
 import pytest
 
 import seedsteps
+from conftest import wait_until
 from keelflow import workflow
 from seedsteps import bump, count
 
@@ -44,13 +45,6 @@ def env_executor(executor, monkeypatch):
     """For seeds that call a bare ``workflow.init()``: storage and executor come from the env."""
     monkeypatch.setenv("KEELFLOW_EXECUTOR", executor)
     return executor
-
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 # ==================================================================================================

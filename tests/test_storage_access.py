@@ -62,7 +62,7 @@ def inspect_works(root: str) -> None:
     assert workflow.get_status("kept") == workflow.WorkflowStatus.SUCCESSFUL
     assert workflow.get_output("kept") == "kept"
     assert workflow.get_metadata("kept")["status"] == "SUCCESSFUL"
-    assert workflow.list_all() == [("kept", workflow.WorkflowStatus.SUCCESSFUL)]
+    assert sorted(workflow.list_all()) == [("kept", workflow.SUCCESSFUL), ("tally", workflow.SUCCESSFUL)]
     assert workflow.list_actors() == ["tally"]
     assert workflow.get_actor_metadata("tally")["state"] == {"n": 1}
 

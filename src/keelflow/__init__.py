@@ -25,17 +25,21 @@ from .errors import (
     CorruptCheckpointError,
     InvalidIdError,
     KeelflowError,
+    OutputNotReadyError,
     SerializationError,
     StepNotFoundError,
     StorageError,
     StorageFormatError,
+    StorageURLError,
+    WorkflowCancellationError,
     WorkflowCancelledError,
+    WorkflowError,
     WorkflowExecutionError,
     WorkflowNotFoundError,
     WorkflowRunningError,
 )
 from .objects import ObjectRef, get, put
-from .step import StepFunction, StepOptions, Workflow, step
+from .step import StepFunction, StepOptions, Workflow, WorkflowRef, step
 
 # The management API (and the engine behind it) loads on first use.
 _LAZY = {
@@ -65,34 +69,62 @@ _LAZY = {
     "sleep": "events",
     "send_event": "events",
     "receive_event": "events",
+    "wait": "waiting",
+    # Ray 2.x's DAG API: @ray.remote functions bound with .bind() (Ray imported only then).
+    "run": "raydag",
+    "run_async": "raydag",
+    "continuation": "raydag",
+    "create": "raydag",
+    "options": "raydag",
+    "get_current_workflow_id": "raydag",
+    "get_current_task_id": "raydag",
+    "RUNNING": "api",
+    "FAILED": "api",
+    "RESUMABLE": "api",
+    "CANCELED": "api",
+    "SUCCESSFUL": "api",
 }
 __all__ = [
+    "CANCELED",
+    "FAILED",
+    "RESUMABLE",
+    "RUNNING",
+    "SUCCESSFUL",
     "ActorNotFoundError",
     "CorruptCheckpointError",
     "EventListener",
     "InvalidIdError",
     "KeelflowError",
     "ObjectRef",
+    "OutputNotReadyError",
     "SerializationError",
     "StepFunction",
     "StepNotFoundError",
     "StepOptions",
     "StorageError",
     "StorageFormatError",
+    "StorageURLError",
     "Workflow",
+    "WorkflowCancellationError",
     "WorkflowCancelledError",
+    "WorkflowError",
     "WorkflowExecutionError",
     "WorkflowNotFoundError",
+    "WorkflowRef",
     "WorkflowRunningError",
     "WorkflowStatus",
     "__version__",
     "cancel",
+    "continuation",
+    "create",
     "delete",
     "delete_actor",
     "event_listener",
     "get",
     "get_actor",
     "get_actor_metadata",
+    "get_current_task_id",
+    "get_current_workflow_id",
     "get_metadata",
     "get_output",
     "get_output_async",
@@ -101,11 +133,14 @@ __all__ = [
     "list_actor_calls",
     "list_actors",
     "list_all",
+    "options",
     "put",
     "receive_event",
     "resume",
     "resume_all",
     "resume_async",
+    "run",
+    "run_async",
     "salvage",
     "send_event",
     "shutdown",
@@ -113,6 +148,7 @@ __all__ = [
     "step",
     "submit",
     "virtual_actor",
+    "wait",
     "wait_for_event",
     "workflow",
 ]
@@ -131,6 +167,11 @@ if TYPE_CHECKING:
         virtual_actor,
     )
     from .api import (
+        CANCELED,
+        FAILED,
+        RESUMABLE,
+        RUNNING,
+        SUCCESSFUL,
         WorkflowStatus,
         cancel,
         delete,
@@ -148,6 +189,16 @@ if TYPE_CHECKING:
         submit,
     )
     from .events import EventListener, receive_event, send_event, sleep, wait_for_event
+    from .raydag import (
+        continuation,
+        create,
+        get_current_task_id,
+        get_current_workflow_id,
+        options,
+        run,
+        run_async,
+    )
+    from .waiting import wait
 
 
 def __getattr__(name: str) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import inspect
+import logging
 import pickle
 import threading
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from . import api, serialization
 from .engine.actor import (
     ACTORS,
     ActorHost,
+    ActorWatch,
+    _custom,
     actor_root,
     call_error,
     current_actor,
@@ -32,8 +35,15 @@ from .engine.actor import (
     state_value,
 )
 from .engine.journal import prepare_write
-from .errors import KeelflowError, SerializationError, WorkflowNotFoundError, WorkflowRunningError
-from .objects import FutureRef, ObjectRef, current_step, current_workflow, get
+from .engine.runtime import interrupt_hold
+from .errors import (
+    CorruptCheckpointError,
+    KeelflowError,
+    SerializationError,
+    WorkflowNotFoundError,
+    WorkflowRunningError,
+)
+from .objects import FutureRef, ObjectRef, current_step, current_workflow, get, put
 from .step import StepFunction, StepOptions, Workflow, _code_fingerprint
 
 __all__ = [
@@ -45,6 +55,8 @@ __all__ = [
     "list_actors",
     "virtual_actor",
 ]
+
+log = logging.getLogger("keelflow")
 
 _lock = threading.Lock()
 _hosts: dict[str, ActorHost] = {}
@@ -109,6 +121,16 @@ class _VirtualActor:
             raise TypeError(f"@workflow.virtual_actor decorates a class, got {cls!r}")
         if "get_or_create" in vars(cls):
             raise TypeError(f"actor class {cls.__qualname__} must not define get_or_create: keelflow adds it")
+        # The state is what __getstate__ returns and what __setstate__ takes back: one without
+        # the other cannot round-trip it. Ray Workflows 1.x refused such a class the same way.
+        has_get, has_set = _custom(cls, "__getstate__"), _custom(cls, "__setstate__")
+        if has_get != has_set:
+            missing, present = ("__setstate__", "__getstate__") if has_get else ("__getstate__", "__setstate__")
+            raise ValueError(
+                f"The class does not have '{missing}' method: actor class {cls.__qualname__} defines "
+                f"{present} but not {missing}; define both (any picklable state), or neither (the "
+                "state is then the instance's __dict__, as JSON)"
+            )
         for name, attr in list(vars(cls).items()):
             if not name.startswith("_") and inspect.isfunction(attr):
                 setattr(cls, name, _Method(attr))
@@ -173,6 +195,16 @@ def _run_sub(node: Workflow[Any] | None, sub_id: str, owned_by: dict[str, Any]) 
             raise
         return api.run_workflow(node, sub_id, None, owned_by)
     if status == api.WorkflowStatus.RESUMABLE:
+        rt = api._runtime()
+        held = interrupt_hold(rt.read_index(sub_id) or {})
+        if held > 0:
+            # Its step's worker kept dying a moment ago: not yet (as resume_all waits too).
+            raise KeelflowError(
+                f"workflow {sub_id!r} was stopped by system failures; it is resumed in {held:.0f} s",
+                workflow_id=sub_id,
+                resumable=True,
+                held=True,
+            )
         return api.resume_owned(sub_id)
     return api.get_output_async(sub_id)
 
@@ -241,6 +273,17 @@ class ActorHandle:
     @property
     def actor_id(self) -> str:
         return self._actor_id
+
+    def ready(self) -> ObjectRef[None]:
+        """A ref whose value is ``None`` once the actor is initialized, as in Ray Workflows
+        1.x: ``workflow.get(handle.ready())`` (on the Ray executor it is a Ray ObjectRef, so
+        ``ray.get`` works too). ``get_or_create`` runs ``__init__`` and stores the actor before
+        it returns (an ``__init__`` that raises, raises there), so the ref is resolved at
+        once. :class:`ActorNotFoundError` if the actor was deleted since."""
+        rt = api._runtime()
+        if rt.storage.size(f"{actor_root(self._actor_id)}/meta") is None:
+            raise not_found(rt.storage, self._actor_id)
+        return put(None)
 
     def __getattr__(self, name: str) -> ActorMethod:
         if name.startswith("_"):
@@ -396,6 +439,41 @@ class ActorMethodStep(StepFunction[Any]):
 
 
 # -- management -----------------------------------------------------------------------------------
+_watch_lock = threading.Lock()
+_watches: dict[str, ActorWatch] = {}
+_watched: list[Any] = [None]  # the storage _watches follow
+
+
+def listing() -> list[tuple[str, str, dict[str, Any]]]:
+    """Every actor as ``workflow.list_all()`` shows it: ``(actor_id, status, info)``, status
+    ``RUNNING``, ``RESUMABLE`` or ``SUCCESSFUL`` (see :class:`~keelflow.engine.actor.ActorWatch`),
+    info with ``start_time`` (its creation), ``class`` and ``actor: True``. Costs a few small
+    reads per actor, and journal bytes only once each: nothing per workflow."""
+    rt = api._runtime()
+    rows = []
+    with _watch_lock:
+        if _watched[0] is not rt.storage:
+            _watches.clear()
+            _watched[0] = rt.storage
+        ids = rt.storage.children(ACTORS)
+        for gone in set(_watches) - set(ids):
+            del _watches[gone]
+        for actor_id in ids:
+            watch = _watches.get(actor_id)
+            if watch is None:
+                watch = _watches[actor_id] = ActorWatch(rt.storage, actor_id)
+            try:
+                row = watch.status()
+            except CorruptCheckpointError as e:
+                # Listed, never hidden (as a damaged workflow is); touching it names the damage.
+                _watches.pop(actor_id, None)
+                log.error("actor %s: %s", actor_id, e)
+                row = "RESUMABLE", {"actor": True, "damaged": str(e), "start_time": None, "user_metadata": {}}
+            if row is not None:
+                rows.append((actor_id, *row))
+    return rows
+
+
 def list_actors() -> list[str]:
     """The ids of every actor in storage, sorted."""
     rt = api._runtime()
@@ -463,7 +541,8 @@ def list_actor_calls(actor_id: str, status: str | None = None) -> list[dict[str,
             calls[seq] = _queued_call(seq, method, submitted)
         elif kind == "cont" and rec[1] in calls:
             calls[rec[1]]["workflow_id"] = rec[3]
-            calls[rec[1]]["status"] = "RUNNING"
+            # Its workflow runs while the owner lives; else it waits to be resumed with it.
+            calls[rec[1]]["status"] = "RUNNING" if running else "QUEUED"
         elif kind == "result" and rec[1] in calls:
             _, seq, ok, payload, _st, start, end = rec
             info = calls[seq]

@@ -15,12 +15,13 @@ from typing import Any
 
 from .engine.journal import Journal, check_format
 from .engine.results import ENDED, execution_error, load, not_found, output_value, require, resolved_node, step_value
-from .engine.runtime import Runtime, cancel_key, lease_key, new_workflow_id, owner_info
+from .engine.runtime import Runtime, cancel_key, interrupt_hold, lease_key, new_workflow_id, owner_info
 from .engine.state import ROOT, WorkflowState
 from .errors import (
     CorruptCheckpointError,
     InvalidIdError,
     KeelflowError,
+    OutputNotReadyError,
     StepNotFoundError,
     WorkflowCancelledError,
     WorkflowNotFoundError,
@@ -32,6 +33,11 @@ from .step import Workflow, _check_metadata
 from .storage import RESERVED_PREFIX, Storage, open_storage
 
 __all__ = [
+    "CANCELED",
+    "FAILED",
+    "RESUMABLE",
+    "RUNNING",
+    "SUCCESSFUL",
     "WorkflowStatus",
     "cancel",
     "delete",
@@ -67,6 +73,13 @@ class WorkflowStatus(str, enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+
+# Ray Workflows' names for the statuses: ``workflow.SUCCESSFUL`` and so on.
+RUNNING = WorkflowStatus.RUNNING
+FAILED = WorkflowStatus.FAILED
+RESUMABLE = WorkflowStatus.RESUMABLE
+CANCELED = WorkflowStatus.CANCELED
+SUCCESSFUL = WorkflowStatus.SUCCESSFUL
 
 _lock = threading.RLock()
 _runtime_obj: Runtime | None = None
@@ -373,12 +386,15 @@ def resume_async(workflow_id: str) -> FutureRef[Any]:
     """Continue a failed or interrupted workflow from where it stopped; a ref to its output."""
     rt = _runtime()
     wid = validate_id(workflow_id)
-    owner = (rt.read_index(wid) or {}).get("owned_by") or {}
+    info = rt.read_index(wid) or {}
+    owner = info.get("owned_by") or {}
     if owner.get("actor") is not None and rt.local_run(wid) is None:
         # Run by an actor call: the actor goes on with that call (which resumes this
         # workflow) when touched; resuming it alone would leave the call waiting.
         from .actors import get_actor
 
+        if info.pop("interrupted", None) is not None:
+            rt.write_index(wid, info)  # asked for by name: not held back (see resume_all)
         get_actor(owner["actor"])
         return get_output_async(wid)
     return resume_owned(wid)
@@ -435,7 +451,12 @@ def resume(workflow_id: str) -> Any:
 
 
 def resume_all(include_failed: bool = False) -> list[tuple[str, FutureRef[Any]]]:
-    """Resume every ``RESUMABLE`` (and with ``include_failed``, ``FAILED``) workflow."""
+    """Resume every ``RESUMABLE`` (and with ``include_failed``, ``FAILED``) workflow.
+
+    A workflow whose last run was stopped by a step's system failures (its worker kept
+    dying) is left alone for a while after it stopped: 10 s, doubled each time that step
+    stopped it before, up to an hour; so ``keelflow worker``, which calls this every second,
+    does not crash-loop on it. ``resume(id)`` resumes it at once."""
     resumed = []
     rt = _runtime()
     if rt.storage.children("actors"):
@@ -450,6 +471,8 @@ def resume_all(include_failed: bool = False) -> list[tuple[str, FutureRef[Any]]]
         info = rt.read_index(wid) or {}
         if info.get("status") in skip or info.get("owned_by") or rt.local_run(wid) is not None:
             continue  # owned_by: run on behalf of an actor call, which resumes it
+        if interrupt_hold(info) > 0:
+            continue  # stopped by system failures a moment ago: not yet
         candidates.append((-(info.get("start_time") or 0.0), wid))
 
     def attempt(wid: str) -> FutureRef[Any] | None:
@@ -556,13 +579,17 @@ def _exists(rt: Runtime, wid: str) -> bool:
     return rt.storage.size(f"workflows/{wid}/status") is not None or Journal(rt.storage, wid).exists()
 
 
-def get_output(workflow_id: str, *, name: str | None = None, timeout: float | None = None) -> Any:
-    """The workflow's output (or step ``name``'s), waiting while it runs."""
-    return get_output_async(workflow_id, name=name).result(timeout)
+def get_output(
+    workflow_id: str, *, name: str | None = None, timeout: float | None = None, task_id: str | None = None
+) -> Any:
+    """The workflow's output (or step ``name``'s), waiting while it runs. ``task_id`` is Ray
+    2.x's spelling of ``name``."""
+    return get_output_async(workflow_id, name=_step_name(name, task_id)).result(timeout)
 
 
-def get_output_async(workflow_id: str, *, name: str | None = None) -> FutureRef[Any]:
-    """A ref to the workflow's output (or step ``name``'s)."""
+def get_output_async(workflow_id: str, *, name: str | None = None, task_id: str | None = None) -> FutureRef[Any]:
+    """A ref to the workflow's output (or step ``name``'s; ``task_id`` is Ray 2.x's spelling)."""
+    name = _step_name(name, task_id)
     rt = _runtime()
     wid = validate_id(workflow_id)
     run = rt.local_run(wid)
@@ -572,6 +599,14 @@ def get_output_async(workflow_id: str, *, name: str | None = None) -> FutureRef[
     if status == WorkflowStatus.RUNNING or run is not None:
         return _in_background(_wait_running, wid, rt, wid, name)
     return _done_ref(_output(rt, wid, name, status), wid)
+
+
+def _step_name(name: str | None, task_id: str | None) -> str | None:
+    if task_id is None:
+        return name
+    if name is not None and name != task_id:
+        raise TypeError(f"give the step's name or its task_id (Ray 2.x's spelling), not both: {name!r}, {task_id!r}")
+    return task_id
 
 
 def _wait_running(rt: Runtime, wid: str, name: str | None) -> Any:
@@ -601,8 +636,10 @@ def _output(rt: Runtime, wid: str, name: str | None, status: WorkflowStatus) -> 
             return step_value(state, journal, records, index)
         if state.failed == index:
             raise execution_error(state)
-        raise KeelflowError(
-            f"step {name!r} of workflow {wid!r} has no output: the workflow is {status.value}", workflow_id=wid
+        raise OutputNotReadyError(
+            f"step {name!r} of workflow {wid!r} has no output: the workflow is {status.value}",
+            workflow_id=wid,
+            step_name=name,
         )
     if status == WorkflowStatus.SUCCESSFUL or state.finished:
         return output_value(state, journal)
@@ -610,7 +647,7 @@ def _output(rt: Runtime, wid: str, name: str | None, status: WorkflowStatus) -> 
         raise WorkflowCancelledError(workflow_id=wid)
     if state.failed is not None:
         raise execution_error(state)
-    raise KeelflowError(
+    raise OutputNotReadyError(
         f"workflow {wid!r} is {status.value} and has no output yet; call workflow.resume({wid!r})", workflow_id=wid
     )
 
@@ -619,14 +656,23 @@ def _output(rt: Runtime, wid: str, name: str | None, status: WorkflowStatus) -> 
 def list_all(
     status_filter: WorkflowStatus | str | Iterable[WorkflowStatus | str] | None = None,
 ) -> list[tuple[str, WorkflowStatus]]:
-    """``[(workflow_id, status), …]``, newest first, optionally filtered by status."""
-    return [(wid, status) for wid, status, _ in listing(status_filter)]
+    """``[(workflow_id, status), …]``, newest first, optionally filtered by status.
+
+    Virtual actors are listed too, by actor id, as Ray Workflows 1.x listed them (an actor was
+    a workflow there): ``RUNNING`` while a live process runs its calls, ``RESUMABLE`` when calls
+    wait that no live process runs (``resume_all()`` runs them), else ``SUCCESSFUL``. The
+    actors' own API is :func:`~keelflow.list_actors` and :func:`~keelflow.get_actor_metadata`.
+    """
+    return [(wid, status) for wid, status, _ in listing(status_filter, actors=True)]
 
 
 def listing(
     status_filter: WorkflowStatus | str | Iterable[WorkflowStatus | str] | None = None,
+    *,
+    actors: bool = False,
 ) -> list[tuple[str, WorkflowStatus, dict[str, Any]]]:
-    """What :func:`list_all` returns, each with its status index (start and end times, …)."""
+    """What :func:`list_all` returns, each with its status index (start and end times, …).
+    Workflows only, unless ``actors`` (then an actor's info has ``actor: True``)."""
     rt = _runtime()
     wanted: set[WorkflowStatus] | None = None
     if status_filter is not None:
@@ -645,6 +691,14 @@ def listing(
             status, info = WorkflowStatus.RESUMABLE, {"damaged": str(e)}
         if wanted is None or status in wanted:
             found.append((-(info.get("start_time") or 0.0), wid, status, info))
+    actor_statuses = {WorkflowStatus.RUNNING, WorkflowStatus.RESUMABLE, WorkflowStatus.SUCCESSFUL}
+    if actors and (wanted is None or wanted & actor_statuses) and rt.storage.children("actors"):
+        from .actors import listing as actor_listing
+
+        for actor_id, name, info in actor_listing():
+            status = WorkflowStatus(name)
+            if wanted is None or status in wanted:
+                found.append((-(info.get("start_time") or 0.0), actor_id, status, info))
     found.sort(key=lambda t: (t[0], t[1]))
     return [(wid, status, info) for _, wid, status, info in found]
 
@@ -741,8 +795,10 @@ def salvage(workflow_id: str) -> dict[str, Any]:
     return report
 
 
-def get_metadata(workflow_id: str, name: str | None = None) -> dict[str, Any]:
-    """Workflow-level (status, user_metadata, stats) or step-level metadata."""
+def get_metadata(workflow_id: str, name: str | None = None, task_id: str | None = None) -> dict[str, Any]:
+    """Workflow-level (status, user_metadata, stats) or step-level metadata. ``task_id`` is
+    Ray 2.x's spelling of ``name``."""
+    name = _step_name(name, task_id)
     rt = _runtime()
     wid = validate_id(workflow_id)
     run = rt.local_run(wid)
@@ -766,6 +822,8 @@ def get_metadata(workflow_id: str, name: str | None = None) -> dict[str, Any]:
         step_stats["start_time"] = start
     if (node.done or node.error is not None) and node.end is not None:
         step_stats["end_time"] = node.end
+    if node.halted:  # system failures (its worker kept dying) stopped the last run here
+        step_stats["interrupted"] = node.halted
     return {
         "name": name,
         "step_options": options,

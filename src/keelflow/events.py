@@ -2,7 +2,8 @@
 
 ``workflow.wait_for_event(Listener, *args)`` is a step whose output is what the listener's
 ``poll_for_event(*args)`` returns; ``workflow.sleep(seconds)`` waits for a deadline fixed when
-the step is created (and stored with it, so a resumed workflow sleeps only the time left);
+the sleep starts running (as in Ray Workflows 1.x) and checkpointed before it waits, so a
+resumed workflow sleeps only the time left;
 ``workflow.send_event(workflow_id, key, payload)`` stores a message that
 ``workflow.receive_event(key)`` in that workflow receives, even if it was sent first.
 How event steps are awaited and checkpointed is in :mod:`keelflow.engine.events`.
@@ -217,11 +218,36 @@ def wait_for_event(listener: type[EventListener], *args: Any, **kwargs: Any) -> 
     return EventStep(listener).step(*args, **kwargs)
 
 
+class SleepStart(EventListener):
+    """The first half of ``workflow.sleep``: its event is the deadline, ``seconds`` from when
+    it runs. Checkpointed like any event, so the deadline is durable before the wait begins."""
+
+    async def poll_for_event(self, seconds: float) -> float:
+        return time.time() + float(seconds)
+
+
+#: The step name of the deadline half of ``workflow.sleep`` (the wait is ``TimerListener``'s).
+SLEEP_STEP = "keelflow.sleep"
+_sleep_start: StepFunction[Any] | None = None
+
+
 def sleep(seconds: float) -> Workflow[Any]:
-    """A step that finishes ``seconds`` from now: the deadline is fixed here, and stored."""
+    """A step that finishes ``seconds`` after it starts running; its output is ``None``.
+
+    As in Ray Workflows 1.x, the deadline is fixed when the sleep starts (when the workflow
+    reaches it, not when this node is built) and checkpointed before the wait begins: a
+    workflow resumed after a crash sleeps only the time left (and goes on at once if the
+    deadline passed meanwhile), and a sleep that had not started before the crash starts
+    afresh. Two event steps: ``keelflow.sleep`` (its output is the deadline, ``time.time()``
+    seconds) and ``keelflow.events.TimerListener`` (the wait); both are awaited on the
+    scheduler's event loop, so a sleeping workflow holds no thread and no worker.
+    """
+    global _sleep_start
     if not isinstance(seconds, (int, float)) or seconds != seconds or seconds < 0:
         raise ValueError(f"workflow.sleep needs a number of seconds >= 0, got {seconds!r}")
-    return wait_for_event(TimerListener, time.time() + seconds)
+    if _sleep_start is None:
+        _sleep_start = EventStep(SleepStart).options(name=SLEEP_STEP)
+    return wait_for_event(TimerListener, _sleep_start.step(float(seconds)))
 
 
 def receive_event(key: str) -> Workflow[Any]:

@@ -104,7 +104,7 @@ def exposition() -> tuple[bytes, str]:
     from .api import WorkflowStatus
 
     statuses = {s.value: 0 for s in WorkflowStatus}
-    for _, status in api.list_all():
+    for _, status, _info in api.listing():  # workflows only (list_all lists actors too)
         statuses[status.value] += 1
 
     class _Collector:

@@ -78,13 +78,19 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     def reducer_override(self, obj: Any) -> Any:
         # Imported here: objects/step import this module.
         from .objects import from_ray, is_ray_ref, stored_ref
-        from .step import Workflow
+        from .step import Workflow, WorkflowRef
 
         if stored_ref(obj):
             return _ref_placeholder, (self._on_ref(obj),)
         if is_ray_ref(obj):
             return _ref_placeholder, (self._on_ref(from_ray(obj)),)
+        if isinstance(obj, WorkflowRef) and self._on_node is not None:
+            # In a step's arguments a WorkflowRef stands for that step's output, like a node;
+            # anywhere else it is plain data.
+            return _node_placeholder, (self._on_node(Workflow.from_ref(obj)),)
         if isinstance(obj, Workflow):
+            if obj._ref is not None and self._on_node is None:
+                return super().reducer_override(obj)  # a reference to a recorded step: plain data
             if self._on_node is None:
                 raise SerializationError(
                     "a workflow node (the result of .step()) cannot be stored inside an object or "

@@ -9,7 +9,8 @@ A step's ``status`` here is one of:
   step, whose output becomes this step's);
 - ``FAILED``: it failed for good (the workflow is FAILED; ``error`` and ``traceback`` say why);
 - ``RUNNING``: its inputs are ready and the workflow is running: it runs or waits for a slot;
-- ``PENDING``: it waits for inputs (or the workflow is not running).
+- ``PENDING``: it waits for inputs (or the workflow is not running). A step whose worker
+  kept dying stopped the last run: it is ``PENDING``, with ``error`` saying what happened.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def step_rows(
         end = node.end if (node.done or node.error is not None or node.continued is not None) else None
         traceback = node.error[1] if node.error is not None else ""
         last = traceback.strip().splitlines()[-1] if traceback.strip() else ""
+        if not last and node.halted:  # its system failures stopped the last run (resumable)
+            last = node.halted
         rows.append(
             {
                 "index": i,

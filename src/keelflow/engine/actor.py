@@ -55,7 +55,7 @@ from .journal import Journal, describe
 from .runtime import owner_info
 from .task import Refs, portable
 
-__all__ = ["ActorHost", "actor_root", "current_actor", "decode_instance", "encode_state", "read_meta"]
+__all__ = ["ActorHost", "ActorWatch", "actor_root", "current_actor", "decode_instance", "encode_state", "read_meta"]
 
 log = logging.getLogger("keelflow")
 
@@ -237,6 +237,63 @@ def read_meta(storage: Storage, actor_id: str) -> tuple[dict[str, Any], bytes, t
             path=storage.location(key),
         )
     return header, blob, state
+
+
+# -- status, for listings -------------------------------------------------------------------------
+class ActorWatch:
+    """One actor's status as ``list_all`` shows it, following its journal incrementally so a
+    repeated listing reads only what was appended since (a stat when nothing was):
+
+    - ``RUNNING``: a live process holds its lease (it runs calls now);
+    - ``RESUMABLE``: calls wait, in its journal or inbox, and no live process runs them (their
+      owner died, or a process left them queued): ``resume_all()``, or any process touching
+      the actor, runs them;
+    - ``SUCCESSFUL``: nothing waits. A call that raised does not change this: its exception is
+      that call's result, and the calls behind it ran.
+    """
+
+    def __init__(self, storage: Storage, actor_id: str) -> None:
+        self.storage = storage
+        self.actor_id = actor_id
+        self.root = actor_root(actor_id)
+        self.created: Any = None
+        self.gen = -1
+        self.journal: Journal | None = None
+        self.pending: set[int] = set()
+
+    def status(self) -> tuple[str, dict[str, Any]] | None:
+        """``(status, info)``, or None for an actor that does not exist (any more).
+        :class:`CorruptCheckpointError` for a damaged record."""
+        meta = read_meta(self.storage, self.actor_id)
+        if meta is None:
+            return None
+        header = meta[0]
+        info: dict[str, Any] = {
+            "actor": True,
+            "class": header.get("class"),
+            "start_time": header.get("created"),
+            "user_metadata": {},
+        }
+        if header.get("created") != self.created:  # first look, or a new actor under this id
+            self.created, self.journal, self.gen = header.get("created"), None, -1
+        if self.storage.lease_held(f"{self.root}/lease"):
+            return "RUNNING", info
+        if self.storage.children(f"{self.root}/inbox"):
+            return "RESUMABLE", info
+        newest = _newest_generation(self.storage, self.actor_id)
+        if self.journal is None or newest != self.gen:
+            # A generation starts with a snapshot of everything before it: read only the newest.
+            self.gen, self.pending = newest, set()
+            self.journal = generation_journal(self.storage, self.actor_id, newest)
+        for rec in self.journal.read_new():
+            kind = rec[0]
+            if kind == "call":
+                self.pending.add(rec[1])
+            elif kind == "result":
+                self.pending.discard(rec[1])
+            elif kind == "snapshot":
+                self.pending = {call[1] for call in rec[1]["pending"]}
+        return ("RESUMABLE" if self.pending else "SUCCESSFUL"), info
 
 
 # -- values ---------------------------------------------------------------------------------------
@@ -714,9 +771,16 @@ class ActorHost:
             lingered = False
             try:
                 self._execute(batch)
-            except Exception:
-                # Storage failed under us: stop owning; the calls stay queued for recovery.
-                log.exception("actor %s: calls could not be recorded", self.actor_id)
+            except Exception as e:
+                # Storage failed under us, or a call's workflow stopped resumable: stop owning;
+                # the calls stay queued for recovery.
+                if isinstance(e, _Interrupted):
+                    held = getattr(e.__cause__, "held", False)  # waiting out a hold: said before
+                    (log.debug if held else log.warning)(
+                        "actor %s: %s; it stays queued, and the calls after it behind it", self.actor_id, e
+                    )
+                else:
+                    log.exception("actor %s: calls could not be recorded", self.actor_id)
                 with self.lock:
                     self._runner = None
                     self.instance = None
@@ -818,11 +882,35 @@ class ActorHost:
             value = begin().result()
             record = ("result", call.seq, "ok", encode_value(value, f"the result of {what}"), None, start, time.time())
         except Exception as exc:
+            if getattr(exc, "resumable", False):
+                # The workflow stopped without ending (its step's worker kept dying): it is
+                # RESUMABLE, and so is this call. Its callers here hear why; the call stays
+                # queued, and whoever runs the actor's calls next resumes the workflow.
+                self._interrupted(call, exc)
+                raise _Interrupted(f"{what} was interrupted: its workflow {call.sub_id!r} is RESUMABLE") from exc
             # The workflow's steps are not undone: state its chained calls recorded stays.
             record = ("result", call.seq, "err", _error_payload(exc), None, start, time.time())
         finally:
             self.running = None
         self._commit([record])
+
+    def _interrupted(self, call: _Pending, exc: BaseException) -> None:
+        """Tell the callers waiting here that ``call`` stopped unfinished, and the calls behind
+        it with it: all stay queued, in order, for whoever runs the actor's calls next."""
+        mine = {self.key_of.get(call.seq)} | {k for k, s in self._aliases.items() if s == call.seq}
+        behind = KeelflowError(
+            f"actor {self.actor_id!r} stopped at call #{call.seq}, whose workflow {call.sub_id!r} is RESUMABLE "
+            "(its steps' workers kept dying); this call stays queued behind it, and runs when the actor's "
+            "calls are resumed: workflow.resume_all(), or a process touching the actor",
+            workflow_id=self.actor_id,
+            resumable=True,
+        )
+        with self.lock:
+            waiting, self.futures = self.futures, {}
+        for key, waiters in waiting.items():
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_exception(exc if key in mine else behind)
 
     def chained(self, sub_key: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A ``self.method.step(...)`` node of the running call's sub-workflow: runs now, in
@@ -892,6 +980,10 @@ class ActorHost:
 
 def _same(value: Any) -> Any:
     return value
+
+
+class _Interrupted(KeelflowError):
+    """A call's workflow stopped RESUMABLE: the runner stops, the call stays queued."""
 
 
 def _error_payload(exc: BaseException) -> tuple[bytes, str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import serialization
-from ..objects import ObjectRef
+from ..objects import ObjectRef, current_workflow
 from ..step import StepFunction, Workflow
 
 __all__ = ["FuncEntry", "NodeSpec", "SubDag", "collect_refs", "flatten"]
@@ -51,13 +51,20 @@ class NodeSpec:
     """One step call: function index, encoded arguments, and which nodes/refs they use.
 
     ``func`` indexes the batch's own function list; ``deps`` are node indices local to the
-    batch (index 0 is the batch's root).
+    batch (index 0 is the batch's root). ``ext`` names steps recorded before this batch
+    (``WorkflowRef``s to the same workflow); the arguments refer to ``ext[k]`` as node
+    ``-(k + 1)``.
     """
 
     func: int
     args: bytes
     deps: tuple[int, ...]
     refs: tuple[str, ...]
+    ext: tuple[str, ...] = ()
+
+    def to_record(self) -> tuple[Any, ...]:
+        rec = (self.func, self.args, self.deps, self.refs)
+        return (*rec, self.ext) if self.ext else rec
 
 
 @dataclass
@@ -69,7 +76,7 @@ class SubDag:
 
     def to_record(self) -> tuple[Any, ...]:
         return (
-            [(n.func, n.args, n.deps, n.refs) for n in self.nodes],
+            [n.to_record() for n in self.nodes],
             [f.to_record() for f in self.funcs],
             self.objects,
         )
@@ -91,6 +98,7 @@ def func_entry(func: StepFunction[Any]) -> FuncEntry:
     blob = serialization.dumps_function(func)
     opts = func.options_in_force
     plain = {k: v for k, v in opts.as_dict().items() if k != "retry_exceptions"}
+    plain.update(func.engine_options())
     entry = FuncEntry(
         blob=blob,
         key=hashlib.blake2b(blob, digest_size=16).hexdigest(),
@@ -118,12 +126,35 @@ def collect_refs(refs: dict[str, ObjectRef[Any]], into: dict[str, tuple[bytes, t
         stack.extend(nested.values())
 
 
-def flatten(root: Workflow[Any], what: str = "the workflow") -> SubDag:
-    """Walk ``root`` and everything it depends on, breadth first, without recursion."""
-    order: list[Workflow[Any]] = [root]
+def flatten(
+    root: Workflow[Any],
+    what: str = "the workflow",
+    *,
+    workflow_id: str | None = None,
+    order: list[Workflow[Any]] | None = None,
+) -> SubDag:
+    """Walk ``root`` and everything it depends on, breadth first, without recursion.
+
+    ``workflow_id``: the workflow the DAG becomes part of (default: the one whose step runs
+    here); a ``WorkflowRef`` to one of its steps becomes an ``ext`` dependency, one to
+    another workflow's step a node reading that step's output. ``order``, if given, receives
+    the nodes in the order of the batch (index ``i`` is node ``i``).
+    """
+    if root._ref is not None:
+        ref = root._ref
+        raise TypeError(
+            f"{root!r} stands for the output of a recorded step and cannot be run as a workflow; read it with "
+            f"workflow.get_output({ref.workflow_id or '<workflow id>'!r}, name={ref.step_id!r})"
+        )
+    if workflow_id is None:
+        workflow_id = current_workflow.get()
+    if order is None:
+        order = []
+    order.append(root)
     index: dict[int, int] = {id(root): 0}
     funcs: list[FuncEntry] = []
     func_index: dict[str, int] = {}
+    readers: dict[tuple[str, str, str], Workflow[Any]] = {}
     nodes: list[NodeSpec] = []
     objects: dict[str, tuple[bytes, tuple[str, ...]]] = {}
 
@@ -132,8 +163,20 @@ def flatten(root: Workflow[Any], what: str = "the workflow") -> SubDag:
         node = order[i]
         deps: dict[int, None] = {}  # ordered, and O(1) membership for a wide gather
         refs: dict[str, ObjectRef[Any]] = {}
+        ext: dict[str, int] = {}  # steps recorded before, by name -> k (the node is -(k + 1))
 
-        def on_node(child: Workflow[Any], deps: dict[int, None] = deps) -> int:
+        def on_node(child: Workflow[Any], deps: dict[int, None] = deps, ext: dict[str, int] = ext) -> int:
+            ref = child._ref
+            if ref is not None:
+                if ref.workflow_id is None or ref.workflow_id == workflow_id:
+                    k = ext.setdefault(ref.step_id, len(ext))
+                    return -(k + 1)
+                # Another workflow's step: a node of this batch waits for its output.
+                key = ("ref", ref.step_id, ref.workflow_id)
+                reader = readers.get(key)
+                if reader is None:
+                    reader = readers[key] = ref._reader()
+                child = reader
             j = index.get(id(child))
             if j is None:
                 j = len(order)
@@ -160,6 +203,6 @@ def flatten(root: Workflow[Any], what: str = "the workflow") -> SubDag:
             f = func_index[entry.key] = len(funcs)
             funcs.append(entry)
         collect_refs(refs, objects)
-        nodes.append(NodeSpec(f, args, tuple(deps), tuple(refs)))
+        nodes.append(NodeSpec(f, args, tuple(deps), tuple(refs), tuple(ext)))
         i += 1
     return SubDag(nodes, funcs, objects)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import heapq
 import itertools
 import logging
 import os
@@ -27,16 +28,18 @@ from typing import Any
 import cloudpickle
 
 from .. import metrics, serialization
-from ..errors import KeelflowError, StorageError, WorkflowCancelledError
+from ..errors import KeelflowError, StepNotFoundError, StorageError, WorkflowCancelledError
 from ..executors.base import Demand, Executor, Outcome, Task
 from ..objects import new_id
+from ..step import WorkflowRef
 from ..storage import Lease, Storage
 from .dag import FuncEntry, SubDag, flatten
 from .events import EventLoop
 from .journal import Journal, read_status, update_status, wf_key, write_status
-from .results import execution_error, output_value
+from .results import execution_error, output_value, resolved_node
 from .state import WorkflowState
 from .task import CATCHER, RUNNER, make_payload, run_task
+from .waits import wait_inputs, wait_output
 
 __all__ = ["Run", "Runtime"]
 
@@ -44,6 +47,17 @@ log = logging.getLogger("keelflow")
 
 CANCELS = "cancels"
 _CANCEL_POLL = 0.5
+#: How many times in a row a step's attempt may end in a system failure (its worker process
+#: died or could not start; on Ray, its Ray worker or node died) and be run again, without
+#: counting against its ``max_retries``; the next one stops the workflow RESUMABLE. Ray 1.x
+#: retried such a step 3 times (Ray's task retries) and then left the workflow RESUMABLE.
+SYSTEM_RETRIES = 3
+#: ``resume_all()`` (so ``keelflow worker``) leaves a workflow that a step's system failures
+#: stopped alone for this long after it stopped, doubled for each earlier time that step
+#: stopped it, up to ``INTERRUPT_HOLD_MAX``: a step that kills its worker every time is not
+#: run again every second. ``resume(id)`` is never held back.
+INTERRUPT_HOLD = 10.0
+INTERRUPT_HOLD_MAX = 3600.0
 
 
 _HOST = socket.gethostname()
@@ -66,6 +80,12 @@ class Run:
         self.running: dict[int, int] = {}  # node -> task id
         self.started: dict[int, float] = {}
         self.attempts: collections.Counter[int] = collections.Counter()
+        # System failures per step: in a row (since its last attempt that ran to an answer),
+        # and in all (attempts that do not count against max_retries).
+        self.lost: collections.Counter[int] = collections.Counter()
+        self.lost_total: collections.Counter[int] = collections.Counter()
+        self.halting: KeelflowError | None = None  # stop the run (resumable) once recorded
+        self.interrupted: dict[str, Any] = {}  # what the status index says about that stop
         self.records: list[tuple[Any, ...]] = []
         self.failing = False
         self.to_ack: list[tuple[int, int | None]] = []  # (event node, poll task) checkpointed
@@ -93,6 +113,9 @@ class Runtime:
         self._demands: dict[str, tuple[Demand, str | None]] = {}
         # Inline and event steps run in this process; their outcomes queue here.
         self._inline_done: collections.deque[Outcome] = collections.deque()
+        # workflow.wait timeouts: (monotonic deadline, sequence, run, wait node), a heap.
+        self._deadlines: list[tuple[float, int, Run, int]] = []
+        self._deadline_seq = itertools.count()
         self._local_funcs: dict[str, Any] = {}
         self._events: EventLoop | None = None
         self._io_pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -168,7 +191,16 @@ class Runtime:
         self, root: Any, workflow_id: str, metadata: dict[str, Any], owned_by: dict[str, Any] | None = None
     ) -> tuple[WorkflowState, Journal]:
         """Store a new workflow's first record (durably) without running it."""
-        dag = flatten(root, what=f"workflow {workflow_id!r}")
+        order: list[Any] = []
+        dag = flatten(root, what=f"workflow {workflow_id!r}", workflow_id=workflow_id, order=order)
+        named = sorted({name for spec in dag.nodes for name in spec.ext})
+        if named:
+            raise StepNotFoundError(
+                f"workflow {workflow_id!r} is new, so it has no step {named[0]!r}: a WorkflowRef without "
+                "workflow_id names a step recorded before in the workflow it is used in",
+                workflow_id=workflow_id,
+                step_name=named[0],
+            )
         now = time.time()
         header = {
             "format": serialization.FORMAT_VERSION,
@@ -185,6 +217,8 @@ class Runtime:
         journal.append([record])
         state = WorkflowState(workflow_id)
         state.apply(record)
+        for i, node in enumerate(order):  # the user's nodes now know their step ids
+            node._recorded = WorkflowRef(state.nodes[i].name, workflow_id)
         self.write_index(workflow_id, _status_info(state, "RUNNING"))
         log.info("workflow %s started", workflow_id, extra={"workflow_id": workflow_id})
         return state, journal
@@ -263,6 +297,8 @@ class Runtime:
     def _loop(self) -> None:
         while not self._stopped:
             timeout = _CANCEL_POLL if self._runs else None
+            if self._deadlines:  # a workflow.wait's timeout comes sooner
+                timeout = max(0.0, min(timeout or _CANCEL_POLL, self._deadlines[0][0] - time.monotonic()))
             try:
                 outcomes = self.executor.wait(timeout)
             except Exception:  # pragma: no cover - an executor bug must not kill the loop silently
@@ -291,6 +327,8 @@ class Runtime:
                     self._abandon(run, e)
                     continue
                 touched[run.workflow_id] = run
+            if self._deadlines:
+                self._expire_waits(touched)
             flushed = self._flush_many([r for r in touched.values() if r.records])
             for run in touched.values():
                 try:
@@ -375,6 +413,14 @@ class Runtime:
 
     def _dispatch(self, run: Run) -> None:
         state = run.state
+        if state.waits:
+            self._watch_waits(run)
+        if run.halting is not None and state.failed is None and not state.finished:
+            # A step's system failures were recorded: stop here, as a crash would, so the
+            # workflow is RESUMABLE. Steps still running are stopped and run again on resume.
+            self.write_index(run.workflow_id, {**_status_info(state, "RESUMABLE"), "interrupted": run.interrupted})
+            self._abandon(run, run.halting)
+            return
         if state.finished or (state.failed is not None and not run.running):
             if not run.acking:  # else the last acknowledgement finishes it
                 self._finish(run)
@@ -395,6 +441,9 @@ class Runtime:
         state = run.state
         node = state.nodes[index]
         entry = state.funcs[node.func]
+        if entry.kind == "wait":
+            self._complete_wait(run, index)  # enough of its inputs are done
+            return
         demand, problem = self._demand(entry)
         if problem is not None:
             self._fail(run, index, KeelflowError(f"step {node.name} cannot run: {problem}"), "", time.time())
@@ -410,7 +459,11 @@ class Runtime:
                 blobs.append(stored[1])
             return stored
 
-        deps = {d - node.base: value(state.nodes[d].output) for d in node.deps}
+        # Inputs are named by their index in the batch; steps recorded before it (WorkflowRef)
+        # by -(k + 1), for the k-th of node.ext.
+        deps = {d - node.base: value(self._output_of(run, d)) for d in node.deps if d >= node.base}
+        for k, g in enumerate(node.ext):
+            deps[-(k + 1)] = value(self._output_of(run, g))
         wanted = list(node.refs)
         for d in node.deps:
             wanted.extend(state.nodes[d].out_refs)
@@ -438,6 +491,117 @@ class Runtime:
         self.executor.submit(
             Task(task_id, RUNNER, entry.key, entry.blob, payload, demand, node.name, tuple(blobs), spill)
         )
+
+    def _output_of(self, run: Run, index: int) -> Any:
+        """A done step's output as stored. One released from memory when its consumers were
+        done (a WorkflowRef named it since) is read back from the journal."""
+        node = run.state.nodes[index]
+        if node.output is None and node.done:
+            target = resolved_node(run.state, index)
+            for record in Journal(self.storage, run.workflow_id).read():
+                if record[0] == "done" and record[1] == target:
+                    node.output = record[2]
+                    break
+        return node.output
+
+    # -- workflow.wait ---------------------------------------------------------------------------
+    def _watch_waits(self, run: Run) -> None:
+        """Start the timeouts of wait nodes new to this run. As in Ray Workflows, a wait's
+        timeout counts from when the run reaches it (the run starts, or the step returning it
+        ends); a resumed run counts it afresh for a wait that had not finished."""
+        state = run.state
+        waits, state.waits = state.waits, []
+        now, wall = time.monotonic(), time.time()
+        for index in waits:
+            node = state.nodes[index]
+            if node.done:
+                continue
+            run.started.setdefault(index, wall)  # the wait's start_time in its metadata
+            timeout = state.funcs[node.func].plain.get("timeout")
+            if timeout is not None:
+                heapq.heappush(self._deadlines, (now + float(timeout), next(self._deadline_seq), run, index))
+
+    def _expire_waits(self, touched: dict[str, Run]) -> None:
+        now = time.monotonic()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, run, index = heapq.heappop(self._deadlines)
+            if self._runs.get(run.workflow_id) is not run:
+                continue
+            state = run.state
+            if state.nodes[index].done or state.failed is not None or run.failing or run.halting is not None:
+                continue
+            self._complete_wait(run, index)
+            touched[run.workflow_id] = run
+
+    def _forget_waits(self, run: Run) -> None:
+        if any(entry[2] is run for entry in self._deadlines):
+            self._deadlines = [entry for entry in self._deadlines if entry[2] is not run]
+            heapq.heapify(self._deadlines)
+
+    def _complete_wait(self, run: Run, index: int) -> None:
+        """Record a wait node's output: the outputs of the first ``num_returns`` of its inputs
+        that are done, in the order given, and references to the others. Built from the stored
+        outputs without unpickling them: no user code runs here."""
+        state = run.state
+        node = state.nodes[index]
+        if node.done or any(r[0] == "done" and r[1] == index for r in run.records):
+            return
+        num_returns = int(state.funcs[node.func].plain.get("num_returns", 1))
+        ready: list[int] = []
+        remaining: list[int] = []
+        for g in wait_inputs(node):
+            (ready if state.nodes[g].done and len(ready) < num_returns else remaining).append(g)
+        output = wait_output(
+            [run.journal.load(self._output_of(run, g)) for g in ready],
+            [WorkflowRef(state.nodes[g].name, run.workflow_id) for g in remaining],
+        )
+        refs = tuple(dict.fromkeys(r for g in ready for r in state.nodes[g].out_refs))
+        now = time.time()
+        start = run.started.pop(index, now)
+        run.records.append(("done", index, run.journal.spill(output), refs, {}, (start, now, 1)))
+
+    def _check_refs(self, run: Run, parent: int, dag: SubDag) -> KeelflowError | None:
+        """Why the WorkflowRefs in a step's returned sub-workflow cannot be resolved, if so."""
+        named = {name for spec in dag.nodes for name in spec.ext}
+        if not named:
+            return None
+        state = run.state
+        wid = run.workflow_id
+        missing = sorted(name for name in named if name not in state.names)
+        if missing:
+            return StepNotFoundError(
+                f"step {state.step_name(parent)} of workflow {wid!r} returned a sub-workflow whose WorkflowRef names "
+                f"step {missing[0]!r}, which the workflow has not recorded (a WorkflowRef without workflow_id names "
+                "a step recorded before)",
+                workflow_id=wid,
+                step_name=missing[0],
+            )
+        # The steps whose output is this sub-workflow's cannot be its inputs: that would wait forever.
+        blocked = {parent}
+        current = parent
+        while state.nodes[current].alias_of is not None:
+            current = state.nodes[current].alias_of  # type: ignore[assignment]
+            blocked.add(current)
+        for name in sorted(named):
+            stack, seen = [state.names[name]], set()
+            while stack:
+                i = stack.pop()
+                if i in blocked:
+                    return KeelflowError(
+                        f"step {state.step_name(parent)} of workflow {wid!r} returned a sub-workflow whose WorkflowRef "
+                        f"names step {name!r}, whose output waits for that very sub-workflow's: it would never be "
+                        "ready",
+                        workflow_id=wid,
+                        step_name=state.step_name(parent),
+                    )
+                n = state.nodes[i]
+                if i in seen or n.done:
+                    continue
+                seen.add(i)
+                stack.extend(n.deps)
+                if n.continued is not None:
+                    stack.append(n.continued)
+        return None
 
     def _local_func(self, entry: FuncEntry) -> Any:
         func = self._local_funcs.get(entry.key)
@@ -517,23 +681,30 @@ class Runtime:
         plain = state.funcs[node.func].plain
         attempts = run.attempts[index]
         if outcome.result is None:
-            # A system failure (the worker died, or never started): retried like an error.
+            # A system failure: the step's code did not get to an answer because its worker
+            # process died (killed by the OOM killer, SIGKILL, a dead Ray node) or could not
+            # start or load it. That is not the step's exception: it is run again without
+            # counting against max_retries (catch_exceptions does not see it), and after
+            # SYSTEM_RETRIES such retries in a row the workflow stops RESUMABLE, not FAILED.
             # Demands that can never be met were refused before submitting.
-            error = KeelflowError(f"step {node.name} did not finish: {outcome.error}")
-            if attempts <= plain.get("max_retries", 3):
+            run.lost[index] += 1
+            run.lost_total[index] += 1
+            if run.lost[index] <= SYSTEM_RETRIES:
                 log.warning(
-                    "retrying step %s of workflow %s: %s",
+                    "step %s of workflow %s did not finish (system failure %d in a row, retrying): %s",
                     node.name,
                     run.workflow_id,
+                    run.lost[index],
                     outcome.error,
                     extra={"workflow_id": run.workflow_id, "step_name": node.name},
                 )
                 metrics.step_retried()
                 self._submit(run, index)
             else:
-                metrics.observe_step("failed", None)
-                self._fail(run, index, error, "", time.time())
+                self._halt(run, index, outcome.error or "no answer from the executor")
             return
+        run.lost[index] = 0
+        counted = attempts - run.lost_total[index]  # the attempts max_retries counts
         result = serialization.load_record(outcome.result)
         kind = result[0]
         start = run.started.pop(index, result[-2])
@@ -547,20 +718,25 @@ class Runtime:
             if state.funcs[node.func].kind == "event_ack":
                 run.to_ack.append((index, outcome.task_id))
         elif kind == "cont":
-            metrics.observe_step("succeeded", took)
             _, dag_record, _s, end = result
             dag = SubDag.from_record(dag_record)
+            problem = self._check_refs(run, index, dag)
+            if problem is not None:  # a WorkflowRef that cannot be resolved: retrying cannot help
+                metrics.observe_step("failed", took)
+                self._fail(run, index, problem, "", end, start=start)
+                return
+            metrics.observe_step("succeeded", took)
             dag.objects = self._new_objects(run, dag.objects)
             run.records.append(("nodes", index, dag.to_record(), (start, end, attempts)))
         else:
             _, exc_blob, tb, retryable, caught, _s, end = result
-            if retryable and attempts <= plain.get("max_retries", 3):
+            if retryable and counted <= plain.get("max_retries", 3):
                 run.started[index] = start
                 log.warning(
                     "step %s of workflow %s failed (attempt %d of %d), retrying",
                     node.name,
                     run.workflow_id,
-                    attempts,
+                    counted,
                     plain.get("max_retries", 3) + 1,
                     extra={"workflow_id": run.workflow_id, "step_name": node.name},
                 )
@@ -609,9 +785,42 @@ class Runtime:
             extra={"workflow_id": run.workflow_id, "step_name": run.state.step_name(index)},
         )
 
+    def _halt(self, run: Run, index: int, error: str) -> None:
+        """Record that step ``index`` keeps dying of system failures; the run then stops
+        (see :meth:`_dispatch`) and the workflow is RESUMABLE."""
+        end = time.time()
+        begin = run.started.pop(index, end)
+        name = run.state.step_name(index)
+        lost = run.lost[index]
+        message = f"{lost} system failures in a row; the last: {error}"
+        run.records.append(("halt", index, message, (begin, end, run.attempts[index])))
+        log.error(
+            "step %s of workflow %s did not finish %d times in a row (%s); stopping the workflow, "
+            "which stays RESUMABLE",
+            name,
+            run.workflow_id,
+            lost,
+            error,
+            extra={"workflow_id": run.workflow_id, "step_name": name},
+        )
+        if run.halting is None:
+            stops = run.state.nodes[index].halts + 1
+            run.interrupted = {"step": name, "time": end, "stops": stops, "error": message}
+            run.halting = KeelflowError(
+                f"workflow {run.workflow_id!r} stopped: step {name} did not finish {lost} times in a row "
+                f"(the last: {error}). That is a system failure, not the step's exception, so the workflow is "
+                f"RESUMABLE, not FAILED: workflow.resume({run.workflow_id!r}) runs the step again",
+                workflow_id=run.workflow_id,
+                step_name=name,
+                resumable=True,
+            )
+
     def _finish(self, run: Run) -> None:
         """The run has ended (successfully, failed, or cancelled): settle its future."""
         state = run.state
+        if run.running:  # steps nobody needs any more (those a workflow.wait left behind)
+            self._stop_tasks(run)
+        self._forget_waits(run)
         with self._lock:
             if self._runs.get(run.workflow_id) is not run:
                 return
@@ -664,6 +873,7 @@ class Runtime:
     def _abandon(self, run: Run, error: BaseException) -> None:
         """Stop a run without recording an end: it stays resumable."""
         self._stop_tasks(run)
+        self._forget_waits(run)
         with self._lock:
             if self._runs.get(run.workflow_id) is run:
                 del self._runs[run.workflow_id]
@@ -683,6 +893,20 @@ class Runtime:
                 log.info("workflow %s cancelled from another process", workflow_id)
                 self._cancel(run)
                 self.storage.delete_prefix(f"{CANCELS}/{workflow_id}")
+
+
+def interrupt_hold(info: dict[str, Any]) -> float:
+    """Seconds ``resume_all()`` still leaves alone a workflow whose status index ``info`` says
+    its last run was stopped by a step's system failures (see ``INTERRUPT_HOLD``); 0 if none."""
+    interrupted = info.get("interrupted")
+    if not isinstance(interrupted, dict):
+        return 0.0
+    try:
+        stops = max(1, int(interrupted.get("stops", 1)))
+        hold = min(INTERRUPT_HOLD * 2.0 ** min(stops - 1, 30), INTERRUPT_HOLD_MAX)
+        return max(0.0, float(interrupted["time"]) + hold - time.time())
+    except (KeyError, TypeError, ValueError):
+        return 0.0
 
 
 def _enclosing_catcher(state: WorkflowState, index: int) -> int | None:

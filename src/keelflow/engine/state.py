@@ -10,6 +10,9 @@ Records are tuples of plain values:
 ``("nodes", parent, dag, stats)``          step ``parent`` returned a sub-DAG (a continuation)
 ``("done", node, output, refs, objects, stats)``  a step's output
 ``("fail", node, error, traceback, stats)``       a step failed for good: the workflow is FAILED
+``("halt", node, message, stats)``         the step's attempts ended in system failures (its
+                                           worker died, say) too often in a row: the run
+                                           stopped, and the workflow is RESUMABLE, not FAILED
 ``("resume", time, info)``                 a new run took over
 ``("cancel", time)``                       cancelled for good
 ``("acked", node)``                        event step ``node``'s listener was told its event is
@@ -41,7 +44,10 @@ class Node:
         "done",
         "end",
         "error",
+        "ext",
         "func",
+        "halted",
+        "halts",
         "name",
         "out_refs",
         "output",
@@ -57,6 +63,9 @@ class Node:
         self.func = func
         self.args = args
         self.deps = deps
+        # Steps recorded before its batch that its arguments name (WorkflowRef): the global
+        # index of the node its arguments call -(k + 1) is ext[k]. They are in deps too.
+        self.ext: tuple[int, ...] = ()
         self.refs = refs
         self.name = name
         self.waiting = 0
@@ -71,6 +80,9 @@ class Node:
         self.end: float | None = None
         self.attempts = 0
         self.error: tuple[bytes, str] | None = None
+        #: Why the last run stopped at this step (system failures), until a resume.
+        self.halted: str | None = None
+        self.halts = 0  # runs it stopped that way, over the workflow's life
 
 
 class WorkflowState:
@@ -88,9 +100,14 @@ class WorkflowState:
         self._name_counts: dict[str, int] = {}
         self.ready: deque[int] = deque()
         self.failed: int | None = None
+        #: The step whose system failures stopped the last run (it stays resumable).
+        self.halted: int | None = None
         #: A step failed for good at some point (the workflow may have been resumed since).
         self.ever_failed = False
         self.cancelled = False
+        #: Wait nodes (``workflow.wait``) added since the scheduler last looked (it keeps
+        #: their timeouts).
+        self.waits: list[int] = []
         # Event steps whose event is checkpointed but not yet acknowledged to the listener.
         self.unacked: dict[int, Any] = {}
 
@@ -132,6 +149,12 @@ class WorkflowState:
             node.start, node.end, node.attempts = record[4]
             self.failed = record[1]
             self.ever_failed = True
+        elif kind == "halt":
+            node = self.nodes[record[1]]
+            node.halted = record[2]
+            node.halts += 1
+            node.start, node.end, node.attempts = record[3]
+            self.halted = record[1]
         elif kind == "resume":
             self._reset_failed()
         elif kind == "cancel":
@@ -152,23 +175,40 @@ class WorkflowState:
                 self.funcs.append(entry)
             fmap.append(g)
         self.objects.update(dag.objects)
+        # Steps named by WorkflowRef are looked up before this batch's names exist.
+        known = {n: self.names[n] for spec in dag.nodes for n in spec.ext}
         for spec in dag.nodes:
             func = fmap[spec.func]
             entry = self.funcs[func]
             deps = tuple(base + d for d in spec.deps)
+            ext = tuple(known[n] for n in spec.ext)
+            if ext:
+                deps += tuple(dict.fromkeys(g for g in ext if g not in deps))
             name = self._unique_name(entry.plain.get("name") or entry.name)
             node = Node(base, func, spec.args, deps, spec.refs, name)
+            node.ext = ext
             self.names[node.name] = len(self.nodes)
             self.nodes.append(node)
-        # Wire dependencies from the leaves up; the batch only points inside itself.
+        # Wire dependencies from the leaves up; a batch points inside itself, and (through
+        # WorkflowRef) at steps recorded before it, which may be done already.
         for i in range(base, len(self.nodes)):
             node = self.nodes[i]
-            node.waiting = len(node.deps)
+            entry = self.funcs[node.func]
+            waiting = 0
             for d in node.deps:
                 dep = self.nodes[d]
-                dep.dependents.append(i)
                 dep.consumers += 1
-            if not node.deps:
+                if not dep.done:
+                    dep.dependents.append(i)
+                    waiting += 1
+            if entry.kind == "wait":
+                # workflow.wait: ready once num_returns of its inputs are done (or at its
+                # timeout, which the scheduler keeps).
+                done = len(node.deps) - waiting
+                waiting = max(0, min(int(entry.plain.get("num_returns", 1)), len(node.deps)) - done)
+                self.waits.append(i)
+            node.waiting = waiting
+            if waiting == 0:
                 self.ready.append(i)
         return base
 
@@ -230,6 +270,12 @@ class WorkflowState:
                 dep.output = None
 
     def _reset_failed(self) -> None:
+        if self.halted is not None:
+            node = self.nodes[self.halted]
+            node.halted = None
+            node.attempts = 0
+            self.ready.append(self.halted)  # (a duplicate in ``ready`` is skipped when dispatched)
+            self.halted = None
         if self.failed is not None:
             node = self.nodes[self.failed]
             node.error = None

@@ -101,7 +101,10 @@ def run_task(func: StepFunction[Any], payload: bytes) -> bytes:
         # A returned ref stays a ref downstream (as a Ray task's would); it is stored once as
         # an object. Only a workflow's final output is resolved to its value.
         return encode_result(func, step_name, func._func(*args, **kwargs), start)
-    except Exception as exc:
+    except BaseException as exc:
+        # SystemExit and KeyboardInterrupt raised by the step too (Ray 1.x caught
+        # BaseException): they are the step's own failure, retried under max_retries. Only a
+        # worker that dies is a system failure (see Runtime._on_outcome).
         return encode_error(func, exc, start)
     finally:
         current_step.reset(step_token)

@@ -7,6 +7,11 @@ returns the bytes the runner returns. Application errors are the runner's busine
 encodes them in its result); an executor reports only system failures: a worker that died,
 or a demand this executor can never satisfy.
 
+The engine runs a step again after a system failure without counting it against the step's
+``max_retries`` (it is not the step's exception), up to ``SYSTEM_RETRIES`` times in a row;
+the next one stops the workflow RESUMABLE rather than FAILED, with the step's journal record
+(``halt``) saying what happened. See ``Runtime._on_outcome``.
+
 The engine calls ``submit``, ``wait`` and ``cancel`` from one thread (its scheduler);
 ``wake`` may be called from any thread.
 """

@@ -4,6 +4,13 @@ every core.
 Workers are plain ``python -c`` subprocesses talking over a socket pair (see ``_worker``);
 multiprocessing's start methods are avoided on purpose: spawn re-imports the user's
 ``__main__`` and fork copies the parent's locks and threads.
+
+A worker that dies while running a task (the OOM killer, SIGKILL, a crash in native code,
+``os._exit`` in a step) is reported as a system failure of that task, naming the pid and the
+signal; tasks queued behind it go to other workers. The engine reruns the step without
+counting it against ``max_retries``, and after repeated deaths in a row leaves the workflow
+RESUMABLE (see ``Runtime._on_outcome``). An exception the step raises, ``SystemExit``
+included, never kills the worker: it is the step's own failure.
 """
 
 from __future__ import annotations

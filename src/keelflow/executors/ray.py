@@ -13,8 +13,10 @@ code runs and how large values travel:
   as a task argument, so Ray moves it between nodes without the driver in the way. A step run
   after a restart, when the object is gone, reads the stored copy;
 - retries stay the engine's (Ray's own task retries are off), so ``max_retries`` and
-  ``catch_exceptions`` mean what they mean on the local executor. A worker that dies is a
-  system failure, retried the same way.
+  ``catch_exceptions`` mean what they mean on the local executor. A task whose Ray worker or
+  node dies (or that Ray kills for memory) is a system failure, as a dead worker process is
+  there: run again without counting against ``max_retries``, and after repeated failures in
+  a row the workflow stops RESUMABLE, as Ray Workflows 1.x left it after Ray's task retries.
 """
 
 from __future__ import annotations

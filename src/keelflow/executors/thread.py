@@ -1,5 +1,8 @@
 """An in-process executor: tasks run on threads, with the same resource accounting as the
-process pool. Meant for tests and for functions that cannot leave the process."""
+process pool. Meant for tests and for functions that cannot leave the process.
+
+It has no workers to lose: a step that kills its process kills the scheduler with it, and
+the workflow is RESUMABLE as after any crash of the process running it."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
-from ..errors import StorageError
+from ..errors import StorageError, StorageURLError
 from .base import Lease, Storage
 
 __all__ = ["CLOCK_SKEW", "DEFAULT_LEASE_SECONDS", "S3Storage"]
@@ -100,12 +100,12 @@ def parse_url(url: str) -> tuple[str, str, dict[str, str]]:
     """``(bucket, prefix, options)`` of an ``s3://`` URL; :class:`StorageError` naming what is wrong."""
     split = urlsplit(url)
     if split.scheme.lower() != "s3":
-        raise StorageError(f"not an s3:// URL: {url!r}")
+        raise StorageURLError(f"not an s3:// URL: {url!r}")
     bucket = split.netloc
     if not bucket:
-        raise StorageError(f"s3 URL {url!r} names no bucket; use s3://bucket/prefix")
+        raise StorageURLError(f"s3 URL {url!r} names no bucket; use s3://bucket/prefix")
     if any(c in bucket for c in ":@ \t") or bucket != bucket.strip("."):
-        raise StorageError(
+        raise StorageURLError(
             f"s3 URL {url!r}: {bucket!r} is not a bucket name; give the endpoint as an option: "
             "s3://bucket/prefix?endpoint_url=http://host:port"
         )
@@ -113,10 +113,10 @@ def parse_url(url: str) -> tuple[str, str, dict[str, str]]:
     try:
         pairs = parse_qsl(split.query, keep_blank_values=True, strict_parsing=bool(split.query))
     except ValueError as e:
-        raise StorageError(f"s3 URL {url!r} has a malformed query: {e}") from e
+        raise StorageURLError(f"s3 URL {url!r} has a malformed query: {e}") from e
     for name, value in pairs:
         if name not in _OPTIONS:
-            raise StorageError(f"s3 URL {url!r}: unknown option {name!r}; known options: {', '.join(_OPTIONS)}")
+            raise StorageURLError(f"s3 URL {url!r}: unknown option {name!r}; known options: {', '.join(_OPTIONS)}")
         options[name] = value
     return bucket, unquote(split.path).strip("/"), options
 
@@ -327,11 +327,11 @@ class S3Storage(Storage):
         self.addressing_style = addressing_style or None
         self.url = self._make_url()
         if not (math.isfinite(self.lease_seconds) and self.lease_seconds >= _MIN_LEASE_SECONDS):
-            raise StorageError(
+            raise StorageURLError(
                 f"{self.url}: lease_seconds must be a number >= {_MIN_LEASE_SECONDS}, got {lease_seconds!r}"
             )
         if self.addressing_style is not None and self.addressing_style not in _ADDRESSING:
-            raise StorageError(f"{self.url}: addressing_style must be one of {', '.join(_ADDRESSING)}")
+            raise StorageURLError(f"{self.url}: addressing_style must be one of {', '.join(_ADDRESSING)}")
         boto3, botocore = _import_boto()
         self._exc = botocore.exceptions
         options: dict[str, Any] = {
@@ -355,7 +355,7 @@ class S3Storage(Storage):
         try:
             seconds = float(lease) if lease is not None else DEFAULT_LEASE_SECONDS
         except ValueError:
-            raise StorageError(f"s3 URL {url!r}: lease_seconds must be a number of seconds, got {lease!r}") from None
+            raise StorageURLError(f"s3 URL {url!r}: lease_seconds must be a number of seconds, got {lease!r}") from None
         return cls(
             bucket,
             prefix,
