@@ -47,9 +47,10 @@ from kf_actors import Counter  # noqa: E402
 def _count_nodes(workflow_id: str) -> int | None:
     """Steps keelflow recorded for a finished workflow (a cross-check; internal API)."""
     try:
-        from keelflow.api import _runtime, load
+        from keelflow.engine.results import load
+        from keelflow.session import runtime
 
-        loaded = load(_runtime().storage, workflow_id)
+        loaded = load(runtime().storage, workflow_id)
         return None if loaded is None else len(loaded[0].nodes)
     except Exception:
         return None

@@ -112,9 +112,9 @@ def test_bad_event_input_is_refused(kf):
 
 
 def _stored_events(kf, workflow_id: str) -> list[str]:
-    from keelflow import api
+    from keelflow import session
 
-    store = api._runtime().storage
+    store = session.runtime().storage
     found = []
     for key in store.children(f"events/{workflow_id}"):
         found.extend(store.children(f"events/{workflow_id}/{key}"))

@@ -20,7 +20,7 @@ import pytest
 
 import keelflow as workflow
 import workersteps as ws
-from keelflow import api
+from keelflow import api, session
 from keelflow._http import MAX_CONNECTIONS, Handler, HTTPError, Listener
 from keelflow.dashboard import Dashboard
 from keelflow.worker import Worker
@@ -104,7 +104,7 @@ class Target:
 
 
 def events_stored() -> bool:
-    return api._runtime().storage.children("events") != []
+    return session.runtime().storage.children("events") != []
 
 
 @pytest.fixture(params=["worker", "worker+token", "dashboard"])

@@ -22,6 +22,7 @@ import pytest
 import keelflow as workflow
 import ray1steps as rs
 from conftest import TESTS, run_python, wait_until
+from keelflow import session
 from keelflow.engine import runtime
 from keelflow.engine.runtime import SYSTEM_RETRIES
 
@@ -203,13 +204,13 @@ def test_a_worker_that_keeps_dying_stops_the_workflow_resumable(dying, storage, 
         workflow.get_output("doomed")
     # resume_all() (which keelflow worker calls every second) holds it back a while...
     assert workflow.resume_all() == [] and rs.count(attempts) == SYSTEM_RETRIES + 1
-    index = workflow.api._runtime().read_index("doomed")
+    index = session.runtime().read_index("doomed")
     assert index["interrupted"]["stops"] == 1 and runtime.interrupt_hold(index) > 5
     # ...resume(id) does not; stopped again, the hold doubles.
     with pytest.raises(workflow.KeelflowError, match="RESUMABLE"):
         workflow.resume("doomed")
     assert rs.count(attempts) == 2 * (SYSTEM_RETRIES + 1)
-    index = workflow.api._runtime().read_index("doomed")
+    index = session.runtime().read_index("doomed")
     assert index["interrupted"]["stops"] == 2 and runtime.interrupt_hold(index) > runtime.INTERRUPT_HOLD
 
     Path(fixed).touch()
@@ -407,7 +408,7 @@ def test_listing_actors_costs_the_same_however_many_workflows(storage, tmp_path,
     for k in range(50):
         tally.add.run(k)
     wait_until(lambda: dict(workflow.list_all())["cost"] == S.SUCCESSFUL, what="the actor to be idle")
-    store = workflow.api._runtime().storage
+    store = session.runtime().storage
     calls: list[tuple[str, str]] = []
     read: list[int] = []
 

@@ -260,9 +260,9 @@ def test_bad_http_input_gets_a_clear_4xx_and_changes_nothing(storage, tmp_path, 
     assert code == 404
     time.sleep(0.5)
     assert workflow.get_status("w1") == workflow.WorkflowStatus.RUNNING  # still waiting
-    from keelflow import api
+    from keelflow import session
 
-    assert api._runtime().storage.children("events") == []  # nothing was stored
+    assert session.runtime().storage.children("events") == []  # nothing was stored
     assert http("POST", url, b'"go"', token="s3cret")[0] == 202
     wait_status("w1", "SUCCESSFUL")
     assert workflow.get_output("w1") == "go"

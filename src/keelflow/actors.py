@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from . import api, serialization
+from . import api, serialization, session
 from .engine.actor import (
     ACTORS,
     ActorHost,
@@ -161,7 +161,7 @@ def _methods(cls: type) -> dict[str, _Method]:
 
 # -- hosts ----------------------------------------------------------------------------------------
 def _host(actor_id: str, cls: type | None = None) -> ActorHost:
-    rt = api._runtime()
+    rt = session.runtime()
     with _lock:
         host = _hosts.get(actor_id)
         if host is not None and host.storage is rt.storage:
@@ -195,7 +195,7 @@ def _run_sub(node: Workflow[Any] | None, sub_id: str, owned_by: dict[str, Any]) 
             raise
         return api.run_workflow(node, sub_id, None, owned_by)
     if status == api.WorkflowStatus.RESUMABLE:
-        rt = api._runtime()
+        rt = session.runtime()
         held = interrupt_hold(rt.read_index(sub_id) or {})
         if held > 0:
             # Its step's worker kept dying a moment ago: not yet (as resume_all waits too).
@@ -220,7 +220,7 @@ def stop_all() -> None:
 
 def recover_all() -> list[str]:
     """Run calls left queued by dead owners, for every actor in storage; their ids."""
-    rt = api._runtime()
+    rt = session.runtime()
     touched = []
     for actor_id in rt.storage.children(ACTORS):
         try:
@@ -239,7 +239,7 @@ def _get_or_create(cls: type, actor_id: str, *args: Any, **kwargs: Any) -> Actor
     An existing actor keeps its stored state; the arguments are then ignored.
     """
     api.validate_id(actor_id, "actor id")
-    rt = api._runtime()
+    rt = session.runtime()
     if read_meta(rt.storage, actor_id) is None:
         inst = cls(*args, **kwargs)
         state = encode_state(actor_id, inst)
@@ -280,7 +280,7 @@ class ActorHandle:
         ``ray.get`` works too). ``get_or_create`` runs ``__init__`` and stores the actor before
         it returns (an ``__init__`` that raises, raises there), so the ref is resolved at
         once. :class:`ActorNotFoundError` if the actor was deleted since."""
-        rt = api._runtime()
+        rt = session.runtime()
         if rt.storage.size(f"{actor_root(self._actor_id)}/meta") is None:
             raise not_found(rt.storage, self._actor_id)
         return put(None)
@@ -321,7 +321,7 @@ def _refuse_waiting_on_itself(actor_id: str, qualname: str) -> None:
     workflow_id = current_workflow.get()
     if workflow_id is None:
         return
-    owner = (api._runtime().read_index(workflow_id) or {}).get("owned_by") or {}
+    owner = (session.runtime().read_index(workflow_id) or {}).get("owned_by") or {}
     if owner.get("actor") == actor_id:
         raise KeelflowError(
             f"a step of workflow {workflow_id!r}, which runs inside call #{owner.get('call')} of actor "
@@ -361,7 +361,7 @@ class ActorMethod:
         args, kwargs = _resolve_top(args, kwargs)
         host = _host(self._actor_id, self._cls)
         if self._method.readonly:
-            return api._helper_pool().submit(_read, host, self._name, args, kwargs)
+            return session.helper_pool().submit(_read, host, self._name, args, kwargs)
         packed = encode_value((args, kwargs), f"the arguments of {self._qualname} on actor {self._actor_id!r}")
         return host.submit(self._name, packed, here=here)
 
@@ -449,7 +449,7 @@ def listing() -> list[tuple[str, str, dict[str, Any]]]:
     ``RUNNING``, ``RESUMABLE`` or ``SUCCESSFUL`` (see :class:`~keelflow.engine.actor.ActorWatch`),
     info with ``start_time`` (its creation), ``class`` and ``actor: True``. Costs a few small
     reads per actor, and journal bytes only once each: nothing per workflow."""
-    rt = api._runtime()
+    rt = session.runtime()
     rows = []
     with _watch_lock:
         if _watched[0] is not rt.storage:
@@ -476,12 +476,12 @@ def listing() -> list[tuple[str, str, dict[str, Any]]]:
 
 def list_actors() -> list[str]:
     """The ids of every actor in storage, sorted."""
-    rt = api._runtime()
+    rt = session.runtime()
     return [a for a in rt.storage.children(ACTORS) if rt.storage.get(f"{actor_root(a)}/meta") is not None]
 
 
 def _records(actor_id: str) -> tuple[dict[str, Any], tuple[str, bytes], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    rt = api._runtime()
+    rt = session.runtime()
     api.validate_id(actor_id, "actor id")
     meta = read_meta(rt.storage, actor_id)
     if meta is None:
@@ -521,7 +521,7 @@ def list_actor_calls(actor_id: str, status: str | None = None) -> list[dict[str,
     ``RUNNING``, ``SUCCESSFUL``, ``FAILED``), ``submitted``, ``start_time``, ``end_time``,
     ``error`` and ``workflow_id`` (of a workflow the call returned)."""
     _header, _state, records, inbox = _records(actor_id)
-    rt = api._runtime()
+    rt = session.runtime()
     running = rt.storage.lease_held(f"{actor_root(actor_id)}/lease")
     calls: dict[int, dict[str, Any]] = {}
 
@@ -566,7 +566,7 @@ def get_actor_metadata(actor_id: str) -> dict[str, Any]:
     ``QUEUED``: calls wait for a process to touch it; ``IDLE``), ``state`` (the committed
     state) and ``stats`` (``created``, ``calls``, ``failed``, ``queued``, ``last_call_time``)."""
     header, state, records, inbox = _records(actor_id)
-    rt = api._runtime()
+    rt = session.runtime()
     calls = failed = 0
     last = None
     pending: set[int] = set()
@@ -609,7 +609,7 @@ def get_actor_metadata(actor_id: str) -> dict[str, Any]:
 
 def delete_actor(actor_id: str) -> None:
     """Remove the actor, its calls and the workflows its calls ran. Refuses a running actor."""
-    rt = api._runtime()
+    rt = session.runtime()
     api.validate_id(actor_id, "actor id")
     with _lock:
         host = _hosts.pop(actor_id, None)

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-import atexit
-import concurrent.futures
-import enum
 import logging
 import os
-import sys
-import threading
 import time
 from collections.abc import Iterable
 from typing import Any
 
-from .engine.journal import Journal, check_format
-from .engine.results import ENDED, execution_error, load, not_found, output_value, require, resolved_node, step_value
+from . import session
+from .engine.journal import Journal
+from .engine.results import execution_error, load, not_found, output_value, require, resolved_node, step_value
 from .engine.runtime import Runtime, cancel_key, interrupt_hold, lease_key, new_workflow_id, owner_info
 from .engine.state import ROOT, WorkflowState
+from .engine.status import (
+    CANCELED,
+    FAILED,
+    RESUMABLE,
+    RUNNING,
+    SUCCESSFUL,
+    WorkflowStatus,
+    exists,
+    status_and_index,
+    workflow_status,
+)
 from .errors import (
     CorruptCheckpointError,
-    InvalidIdError,
     KeelflowError,
     OutputNotReadyError,
     StepNotFoundError,
@@ -27,10 +33,10 @@ from .errors import (
     WorkflowNotFoundError,
     WorkflowRunningError,
 )
-from .executors.base import Executor
+from .ids import validate_id
 from .objects import FutureRef
 from .step import Workflow, _check_metadata
-from .storage import RESERVED_PREFIX, Storage, open_storage
+from .storage import Storage
 
 __all__ = [
     "CANCELED",
@@ -58,34 +64,7 @@ __all__ = [
 
 log = logging.getLogger("keelflow")
 
-DEFAULT_STORAGE = os.path.join("~", ".keelflow", "storage")
 
-
-class WorkflowStatus(str, enum.Enum):
-    """Where a workflow stands. ``RESUMABLE``: its owner died; ``FAILED``: a step failed."""
-
-    RUNNING = "RUNNING"
-    FAILED = "FAILED"
-    RESUMABLE = "RESUMABLE"
-    CANCELED = "CANCELED"
-    SUCCESSFUL = "SUCCESSFUL"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-# Ray Workflows' names for the statuses: ``workflow.SUCCESSFUL`` and so on.
-RUNNING = WorkflowStatus.RUNNING
-FAILED = WorkflowStatus.FAILED
-RESUMABLE = WorkflowStatus.RESUMABLE
-CANCELED = WorkflowStatus.CANCELED
-SUCCESSFUL = WorkflowStatus.SUCCESSFUL
-
-_lock = threading.RLock()
-_runtime_obj: Runtime | None = None
-_config: tuple[Any, ...] | None = None
-_helpers: concurrent.futures.ThreadPoolExecutor | None = None
-_atexit_registered = False
 #: ``(storage url, workflow id, error)`` of damage :func:`resume_all` has logged already.
 _damage_reported: set[tuple[str, str, str]] = set()
 
@@ -116,85 +95,11 @@ def init(
     Calling it again with the same arguments does nothing; with others it raises unless
     :func:`shutdown` was called first.
     """
-    global _runtime_obj, _config, _atexit_registered
-    with _lock:
-        if storage is None and os.environ.get("KEELFLOW_WORKER_UNSHARED"):
-            raise KeelflowError(
-                "this step runs in a worker process, and the workflow's storage "
-                f"({os.environ['KEELFLOW_WORKER_UNSHARED']}) lives only in the parent process; use "
-                "directory storage, or init(executor='thread'), to call keelflow from inside steps"
-            )
-        if isinstance(storage, Storage):
-            url: Any = storage
-        else:
-            url = os.fspath(storage) if storage is not None else os.environ.get("KEELFLOW_STORAGE") or DEFAULT_STORAGE
-        kind = executor or os.environ.get("KEELFLOW_EXECUTOR") or "local"
-        config = (url, kind, num_cpus, tuple(sorted((resources or {}).items())))
-        if _runtime_obj is not None:
-            if config == _config:
-                return
-            raise KeelflowError(
-                f"keelflow is already initialised with storage {_runtime_obj.storage.url!r}; "
-                "call workflow.shutdown() before init with other arguments"
-            )
-        store = url if isinstance(url, Storage) else open_storage(url, create=create)
-        check_format(store, create=create)
-        execu = _make_executor(kind, store, num_cpus, resources)
-        _runtime_obj = Runtime(store, execu)
-        _config = config
-        if not _atexit_registered:
-            # Before the executor's own exit hooks (atexit runs last-registered first): stop
-            # the scheduler, then the workers, so runs end resumable rather than torn down.
-            atexit.register(shutdown)
-            _atexit_registered = True
-        log.info(
-            "keelflow: storage %s, executor %s",
-            store.location("").rstrip("/"),
-            kind,
-        )
-
-
-def _make_executor(kind: str, store: Storage, num_cpus: float | None, resources: dict[str, float] | None) -> Executor:
-    custom = dict(resources or {})
-    gpus = float(custom.pop("GPU", 0) or 0)
-    if "CPU" in custom:
-        num_cpus = float(custom.pop("CPU"))
-    if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus <= 0):
-        raise ValueError(f"num_cpus must be a number > 0, got {num_cpus!r}")
-    for name, amount in custom.items():
-        if not isinstance(name, str) or isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
-            raise ValueError(f"resources must map names to numbers >= 0, got {name!r}: {amount!r}")
-    if kind == "local":
-        from .executors.local import ProcessExecutor
-
-        return ProcessExecutor(num_cpus=num_cpus, num_gpus=gpus, resources=custom, env=_worker_env(store))
-    if kind == "thread":
-        from .executors.thread import ThreadExecutor
-
-        return ThreadExecutor(num_cpus=num_cpus, num_gpus=gpus, resources=custom)
-    if kind == "ray":
-        try:
-            from .executors.ray import RayExecutor
-        except ImportError as e:
-            raise KeelflowError(f"the Ray executor needs Ray: pip install 'keelflow[ray]' ({e})") from e
-        if num_cpus is not None or resources:
-            log.warning("keelflow: on Ray, resources are the cluster's; init's num_cpus and resources are not used")
-        return RayExecutor(store.url if store.shared else None, env=_worker_env(store))
-    raise KeelflowError(f"unknown executor {kind!r}; use 'local', 'thread' or 'ray'")
-
-
-def _worker_env(store: Storage) -> dict[str, str]:
-    """What a step's process needs to call keelflow itself (a nested workflow)."""
-    env = {"KEELFLOW_EXECUTOR": "thread"}
-    if store.shared:
-        env["KEELFLOW_STORAGE"] = store.url
-    else:
-        env["KEELFLOW_WORKER_UNSHARED"] = store.url
-    return env
+    session.start(storage, executor=executor, num_cpus=num_cpus, resources=resources, create=create)
 
 
 def _workflow_metadata(rt: Runtime, wid: str, state: WorkflowState) -> dict[str, Any]:
-    status = _status(rt, wid)
+    status = workflow_status(rt, wid)
     info = rt.read_index(wid) or {}
     stats: dict[str, Any] = {"start_time": state.start_time}
     end = info.get("end_time") if status != WorkflowStatus.RUNNING else None
@@ -212,7 +117,7 @@ def _workflow_metadata(rt: Runtime, wid: str, state: WorkflowState) -> dict[str,
 def inspect_workflow(workflow_id: str) -> tuple[dict[str, Any], WorkflowState, dict[int, float], dict[int, int]]:
     """For tools: workflow-level metadata, the state it came from (one read of the journal),
     and this process's view of its running steps (their start times and attempts so far)."""
-    rt = _runtime()
+    rt = session.runtime()
     wid = validate_id(workflow_id)
     run = rt.local_run(wid)
     state = run.state if run is not None else require(rt.storage, wid)[0]
@@ -222,76 +127,22 @@ def inspect_workflow(workflow_id: str) -> tuple[dict[str, Any], WorkflowState, d
 
 def initialized() -> bool:
     """Whether :func:`init` has run in this process (and :func:`shutdown` has not since)."""
-    return _runtime_obj is not None
+    return session.initialized()
 
 
 def owner_alive(workflow_id: str) -> bool:
     """Whether some live process (this one or another) holds the workflow's lease: it runs it,
     or is still stopping it after a cancel."""
-    rt = _runtime()
+    rt = session.runtime()
     return rt.storage.lease_held(lease_key(validate_id(workflow_id)))
 
 
 def shutdown() -> None:
     """Stop this process's runs (they stay resumable) and forget ``init``."""
-    global _runtime_obj, _config
-    actors = sys.modules.get("keelflow.actors")
-    if actors is not None:
-        actors.stop_all()  # before the runtime: a call may be waiting on a workflow
-    with _lock:
-        rt, _runtime_obj, _config = _runtime_obj, None, None
-    if rt is not None:
-        rt.shutdown()
-        rt.storage.close()
-
-
-def _runtime() -> Runtime:
-    rt = _runtime_obj
-    if rt is None:
-        init()
-        rt = _runtime_obj
-        assert rt is not None
-    return rt
-
-
-def _helper_pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _helpers
-    with _lock:
-        if _helpers is None:
-            _helpers = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="keelflow-wait")
-        return _helpers
-
-
-def _in_background(fn: Any, workflow_id: str, *args: Any) -> FutureRef[Any]:
-    return FutureRef(_helper_pool().submit(fn, *args), workflow_id)
-
-
-def _done_ref(value: Any, workflow_id: str) -> FutureRef[Any]:
-    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-    future.set_result(value)
-    return FutureRef(future, workflow_id)
+    session.stop()
 
 
 # -- ids and loading ------------------------------------------------------------------------------
-def validate_id(workflow_id: Any, what: str = "workflow id") -> str:
-    if not isinstance(workflow_id, str):
-        raise InvalidIdError(f"{what} must be a string, got {type(workflow_id).__name__}")
-    if not workflow_id:
-        raise InvalidIdError(f"{what} must not be empty")
-    if "/" in workflow_id or "\\" in workflow_id:
-        raise InvalidIdError(f"{what} {workflow_id!r} must not contain '/' or '\\'")
-    if ".." in workflow_id or workflow_id == ".":
-        raise InvalidIdError(f"{what} {workflow_id!r} must not contain '..' or be '.'")
-    if workflow_id.startswith(RESERVED_PREFIX):
-        # Storage keeps its temporary files under such names and hides them from listings.
-        raise InvalidIdError(f"{what} {workflow_id!r} must not start with {RESERVED_PREFIX!r} (reserved by keelflow)")
-    if any(ord(c) < 32 or ord(c) == 127 for c in workflow_id):
-        raise InvalidIdError(f"{what} {workflow_id!r} must not contain control characters")
-    if len(workflow_id.encode()) > 200:
-        raise InvalidIdError(f"{what} is longer than 200 bytes")
-    return workflow_id
-
-
 # -- running ------------------------------------------------------------------------------------
 def run_workflow(
     root: Workflow[Any],
@@ -300,7 +151,7 @@ def run_workflow(
     owned_by: dict[str, Any] | None = None,
 ) -> FutureRef[Any]:
     """Start ``root`` as workflow ``workflow_id`` (or attach to it if it already exists)."""
-    rt = _runtime()
+    rt = session.runtime()
     wid = validate_id(workflow_id) if workflow_id is not None else new_workflow_id()
     meta = _check_metadata(metadata, "workflow metadata") or {}
     run = rt.local_run(wid)
@@ -308,7 +159,7 @@ def run_workflow(
         return FutureRef(run.future, wid)
     lease = rt.storage.acquire_lease(lease_key(wid), owner_info())
     if lease is None:
-        return _in_background(_wait_elsewhere, wid, rt, wid)
+        return session.in_background(_wait_elsewhere, wid, rt, wid)
     try:
         # We hold the lease, so a torn tail left by a dead owner can be cut off here.
         loaded = load(rt.storage, wid, owner=True)
@@ -320,7 +171,7 @@ def run_workflow(
             return FutureRef(rt.adopt(state, journal, lease), wid)
         if state.finished:
             lease.release()
-            return _done_ref(output_value(state, journal), wid)
+            return session.done_ref(output_value(state, journal), wid)
         if state.cancelled:
             raise WorkflowCancelledError(workflow_id=wid)
         status = "FAILED" if state.failed is not None else "RESUMABLE"
@@ -341,7 +192,7 @@ def submit(root: Workflow[Any], workflow_id: str | None = None, metadata: dict[s
     """
     if not isinstance(root, Workflow):
         raise TypeError(f"submit needs a workflow node (step.step(...)), got {type(root).__name__}")
-    rt = _runtime()
+    rt = session.runtime()
     wid = validate_id(workflow_id) if workflow_id is not None else new_workflow_id()
     meta = _check_metadata(metadata, "workflow metadata") or {}
     lease = rt.storage.acquire_lease(lease_key(wid), owner_info())
@@ -363,7 +214,7 @@ def _wait_elsewhere(rt: Runtime, workflow_id: str, name: str | None = None) -> A
     delay = 0.01
     while True:
         try:
-            status = _status(rt, workflow_id)
+            status = workflow_status(rt, workflow_id)
         except WorkflowNotFoundError:
             # Its owner holds the lease but has not written the first record yet.
             if not rt.storage.lease_held(lease_key(workflow_id)):
@@ -384,7 +235,7 @@ def _wait_elsewhere(rt: Runtime, workflow_id: str, name: str | None = None) -> A
 
 def resume_async(workflow_id: str) -> FutureRef[Any]:
     """Continue a failed or interrupted workflow from where it stopped; a ref to its output."""
-    rt = _runtime()
+    rt = session.runtime()
     wid = validate_id(workflow_id)
     info = rt.read_index(wid) or {}
     owner = info.get("owned_by") or {}
@@ -411,10 +262,10 @@ def _resume(wid: str, include_failed: bool = True) -> tuple[FutureRef[Any] | Non
     """A ref to the workflow's output, and whether this process now runs it (False: it
     had finished already). Without ``include_failed`` a failed workflow is left alone
     (``(None, False)``)."""
-    rt = _runtime()
+    rt = session.runtime()
     if rt.local_run(wid) is not None:
         raise WorkflowRunningError(workflow_id=wid)
-    if not _exists(rt, wid):
+    if not exists(rt, wid):
         raise not_found(rt.storage, wid)  # before taking a lease, which would create its directory
     lease = rt.storage.acquire_lease(lease_key(wid), owner_info())
     if lease is None:
@@ -432,7 +283,7 @@ def _resume(wid: str, include_failed: bool = True) -> tuple[FutureRef[Any] | Non
         if state.finished and not state.unacked:
             rt.update_index(wid, "SUCCESSFUL")
             lease.release()
-            return _done_ref(output_value(state, journal), wid), False
+            return session.done_ref(output_value(state, journal), wid), False
         if state.failed is not None and not include_failed:
             rt.update_index(wid, "FAILED")
             lease.release()
@@ -458,7 +309,7 @@ def resume_all(include_failed: bool = False) -> list[tuple[str, FutureRef[Any]]]
     stopped it before, up to an hour; so ``keelflow worker``, which calls this every second,
     does not crash-loop on it. ``resume(id)`` resumes it at once."""
     resumed = []
-    rt = _runtime()
+    rt = session.runtime()
     if rt.storage.children("actors"):
         from .actors import recover_all
 
@@ -497,7 +348,7 @@ def resume_all(include_failed: bool = False) -> list[tuple[str, FutureRef[Any]]]
 
     # Resuming is mostly waiting on storage (leases, reading journals): overlap a few.
     order = [wid for _, wid in sorted(candidates)]
-    refs = _helper_pool().map(attempt, order) if len(order) > 8 else map(attempt, order)
+    refs = session.helper_pool().map(attempt, order) if len(order) > 8 else map(attempt, order)
     for wid, ref in zip(order, refs, strict=True):
         if ref is not None:
             resumed.append((wid, ref))
@@ -525,58 +376,7 @@ def _report_code_changes(state: WorkflowState) -> None:
 # -- status and outputs -------------------------------------------------------------------------
 def get_status(workflow_id: str) -> WorkflowStatus:
     """The workflow's status (see :class:`WorkflowStatus`)."""
-    return _status(_runtime(), validate_id(workflow_id))
-
-
-def _status(rt: Runtime, wid: str) -> WorkflowStatus:
-    return _status_and_index(rt, wid)[0]
-
-
-def _status_and_index(rt: Runtime, wid: str, *, verify: bool = True) -> tuple[WorkflowStatus, dict[str, Any]]:
-    """The status, and the status index it came from (empty if there was none). With
-    ``verify``, an ended workflow's journal is checked to still hold its end (one stat)."""
-    if rt.local_run(wid) is not None:
-        return WorkflowStatus.RUNNING, rt.read_index(wid) or {}
-    info = rt.read_index(wid)
-    return _status_from(rt, wid, info, verify), info or {}
-
-
-def _status_from(rt: Runtime, wid: str, info: dict[str, Any] | None, verify: bool = True) -> WorkflowStatus:
-    if info is None:
-        loaded = load(rt.storage, wid)
-        if loaded is None:
-            raise not_found(rt.storage, wid)
-        name = loaded[0].status_name
-    else:
-        name = info.get("status", "RUNNING")
-    if name in ENDED:
-        if verify and info is not None:
-            _verify_end(rt, wid, info)
-        return WorkflowStatus(name)
-    if rt.storage.get(cancel_key(wid)) is not None:
-        return WorkflowStatus.CANCELED
-    if rt.storage.lease_held(lease_key(wid)):
-        return WorkflowStatus.RUNNING
-    loaded = load(rt.storage, wid)
-    if loaded is None:
-        raise not_found(rt.storage, wid)
-    if loaded[0].status_name != "RUNNING":
-        return WorkflowStatus(loaded[0].status_name)
-    return WorkflowStatus.RESUMABLE
-
-
-def _verify_end(rt: Runtime, wid: str, info: dict[str, Any]) -> None:
-    """:class:`CorruptCheckpointError` if the journal no longer holds the end the index
-    records: it is missing, or shorter than it was when the workflow ended."""
-    journal = Journal(rt.storage, wid)
-    extent = info.get("journal_extent")
-    journal.check_extent(extent if isinstance(extent, int) and extent > 0 else 1)
-
-
-def _exists(rt: Runtime, wid: str) -> bool:
-    """Whether anything of the workflow is stored: its journal, or its status index (which a
-    damaged journal leaves behind; :func:`load` then names the damage)."""
-    return rt.storage.size(f"workflows/{wid}/status") is not None or Journal(rt.storage, wid).exists()
+    return workflow_status(session.runtime(), validate_id(workflow_id))
 
 
 def get_output(
@@ -590,15 +390,15 @@ def get_output(
 def get_output_async(workflow_id: str, *, name: str | None = None, task_id: str | None = None) -> FutureRef[Any]:
     """A ref to the workflow's output (or step ``name``'s; ``task_id`` is Ray 2.x's spelling)."""
     name = _step_name(name, task_id)
-    rt = _runtime()
+    rt = session.runtime()
     wid = validate_id(workflow_id)
     run = rt.local_run(wid)
     if run is not None and name is None:
         return FutureRef(run.future, wid)
-    status = _status(rt, wid)
+    status = workflow_status(rt, wid)
     if status == WorkflowStatus.RUNNING or run is not None:
-        return _in_background(_wait_running, wid, rt, wid, name)
-    return _done_ref(_output(rt, wid, name, status), wid)
+        return session.in_background(_wait_running, wid, rt, wid, name)
+    return session.done_ref(_output(rt, wid, name, status), wid)
 
 
 def _step_name(name: str | None, task_id: str | None) -> str | None:
@@ -621,7 +421,7 @@ def _wait_running(rt: Runtime, wid: str, name: str | None) -> Any:
             loaded = require(rt.storage, wid)
             return step_value(*loaded, loaded[0].names[name])  # type: ignore[index]
         if run.future.done():
-            return _output(rt, wid, name, _status(rt, wid))
+            return _output(rt, wid, name, workflow_status(rt, wid))
         time.sleep(delay)
         delay = min(delay * 1.5, 0.2)
 
@@ -673,7 +473,7 @@ def listing(
 ) -> list[tuple[str, WorkflowStatus, dict[str, Any]]]:
     """What :func:`list_all` returns, each with its status index (start and end times, …).
     Workflows only, unless ``actors`` (then an actor's info has ``actor: True``)."""
-    rt = _runtime()
+    rt = session.runtime()
     wanted: set[WorkflowStatus] | None = None
     if status_filter is not None:
         items = [status_filter] if isinstance(status_filter, (str, WorkflowStatus)) else list(status_filter)
@@ -681,7 +481,7 @@ def listing(
     found = []
     for wid in rt.storage.children("workflows"):
         try:
-            status, info = _status_and_index(rt, wid, verify=False)
+            status, info = status_and_index(rt, wid, verify=False)
         except WorkflowNotFoundError:
             continue
         except CorruptCheckpointError as e:
@@ -705,11 +505,11 @@ def listing(
 
 def cancel(workflow_id: str) -> None:
     """Stop the workflow; running steps are abandoned and its status becomes ``CANCELED``."""
-    rt = _runtime()
+    rt = session.runtime()
     wid = validate_id(workflow_id)
     if rt.cancel_local(wid):
         return
-    if not _exists(rt, wid):
+    if not exists(rt, wid):
         raise not_found(rt.storage, wid)
     lease = rt.storage.acquire_lease(lease_key(wid), owner_info())
     if lease is None:
@@ -734,12 +534,12 @@ def _record_cancel(rt: Runtime, state: WorkflowState, journal: Journal) -> None:
 
 def delete(workflow_id: str) -> None:
     """Remove all of the workflow's data. Refuses a running workflow."""
-    rt = _runtime()
+    rt = session.runtime()
     wid = validate_id(workflow_id)
     if rt.local_run(wid) is not None:
         raise WorkflowRunningError(f"workflow {wid!r} is running in this process; cancel it first", workflow_id=wid)
     rt.flush_index(wid)  # else an index write still queued would bring part of it back
-    if not _exists(rt, wid):
+    if not exists(rt, wid):
         raise not_found(rt.storage, wid)
     lease = rt.storage.acquire_lease(lease_key(wid), owner_info())
     if lease is None:
@@ -768,11 +568,11 @@ def salvage(workflow_id: str) -> dict[str, Any]:
     """
     from .engine.salvage import salvage as salvage_journal
 
-    rt = _runtime()
+    rt = session.runtime()
     wid = validate_id(workflow_id)
     if rt.local_run(wid) is not None:
         raise WorkflowRunningError(workflow_id=wid)
-    if not _exists(rt, wid):
+    if not exists(rt, wid):
         raise not_found(rt.storage, wid)
     rt.flush_index(wid)
     lease = rt.storage.acquire_lease(lease_key(wid), owner_info())
@@ -799,7 +599,7 @@ def get_metadata(workflow_id: str, name: str | None = None, task_id: str | None 
     """Workflow-level (status, user_metadata, stats) or step-level metadata. ``task_id`` is
     Ray 2.x's spelling of ``name``."""
     name = _step_name(name, task_id)
-    rt = _runtime()
+    rt = session.runtime()
     wid = validate_id(workflow_id)
     run = rt.local_run(wid)
     state = run.state if run is not None else require(rt.storage, wid)[0]

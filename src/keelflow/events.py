@@ -18,7 +18,8 @@ import threading
 import time
 from typing import Any
 
-from . import serialization
+from . import serialization, session
+from .ids import validate_id
 from .objects import current_step, current_workflow
 from .step import StepFunction, StepOptions, Workflow, _code_fingerprint
 
@@ -81,12 +82,11 @@ class ExternalEventListener(EventListener):
         self._claimed: str | None = None
 
     async def poll_for_event(self, key: str) -> Any:
-        from .api import _runtime, validate_id
 
         validate_id(key, "event key")
         workflow_id = current_workflow.get()
         me = (current_step.get() or "").encode()
-        storage = _runtime().storage
+        storage = session.runtime().storage
         prefix = f"{EVENTS}/{workflow_id}/{key}"
         delay = _POLL_MIN
         while True:
@@ -113,9 +113,8 @@ class ExternalEventListener(EventListener):
                 delay = min(delay * 2, _POLL_MAX)
 
     async def event_checkpointed(self, event: Any) -> None:
-        from .api import _runtime
 
-        storage = _runtime().storage
+        storage = session.runtime().storage
         claimed = self._claimed or _find_claim(storage)
         if claimed is not None:
             storage.delete_prefix(claimed)
@@ -252,7 +251,6 @@ def sleep(seconds: float) -> Workflow[Any]:
 
 def receive_event(key: str) -> Workflow[Any]:
     """A step whose output is the payload of the event sent to this workflow with ``key``."""
-    from .api import validate_id
 
     validate_id(key, "event key")
     return wait_for_event(ExternalEventListener, key)
@@ -268,7 +266,6 @@ def send_event(workflow_id: str, key: str, payload: Any = None) -> None:
 
     Durable when this returns. ``receive_event(key)`` in that workflow gets ``payload``.
     """
-    from .api import _runtime, validate_id
 
     validate_id(workflow_id)
     validate_id(key, "event key")
@@ -277,7 +274,7 @@ def send_event(workflow_id: str, key: str, payload: Any = None) -> None:
         now = max(time.time_ns(), _sent[0] + 1)
         _sent[0] = now
     # Names sort in sending order (per process; by time across processes).
-    _runtime().storage.put(f"{EVENTS}/{workflow_id}/{key}/{now:020d}-{_token}", data)
+    session.runtime().storage.put(f"{EVENTS}/{workflow_id}/{key}/{now:020d}-{_token}", data)
     _wake(workflow_id, key)
 
 

@@ -23,8 +23,10 @@ import math
 import time
 from typing import Any
 
+from . import session
 from .errors import KeelflowError, OutputNotReadyError, StepNotFoundError
 from .events import EventListener, EventStep
+from .ids import validate_id
 from .objects import FutureRef, ObjectRef, is_ray_ref
 from .step import StepFunction, StepOptions, Workflow, WorkflowRef
 
@@ -182,7 +184,6 @@ class StepOutputListener(EventListener):
 
 def read_step(ref: WorkflowRef) -> Workflow[Any]:
     """A node whose output is a copy of ``ref``'s (a step of another workflow)."""
-    from .api import validate_id
 
     assert ref.workflow_id is not None
     validate_id(ref.workflow_id)
@@ -193,11 +194,11 @@ def read_step(ref: WorkflowRef) -> Workflow[Any]:
 def _read_step(workflow_id: str, step_id: str) -> tuple[bool, Any]:
     """``(True, output)`` once the step has one; ``(False, None)`` while it may still get one;
     raises if it never will (no such workflow, or it ended without that step's output)."""
-    from .api import _runtime, _status
     from .engine.results import ENDED, execution_error, load, not_found, resolved_node, step_value
     from .engine.runtime import lease_key
+    from .engine.status import workflow_status
 
-    rt = _runtime()
+    rt = session.runtime()
     loaded = load(rt.storage, workflow_id)
     if loaded is None:
         if rt.storage.lease_held(lease_key(workflow_id)):
@@ -207,7 +208,7 @@ def _read_step(workflow_id: str, step_id: str) -> tuple[bool, Any]:
     index = state.names.get(step_id)
     if index is not None and resolved_node(state, index) is not None:
         return True, step_value(state, journal, records, index)
-    status = _status(rt, workflow_id)
+    status = workflow_status(rt, workflow_id)
     if status.value not in ENDED:
         return False, None  # RUNNING, or RESUMABLE: it may still get there once resumed
     if index is None:
