@@ -350,15 +350,18 @@ def test_run_of_a_running_id_waits_for_it(kf, tmp_path):
         gate.touch()
 
 
-def test_run_of_a_failed_id_says_to_resume(kf, tmp_path):
-    wf = seedsteps.needs_flag.options(max_retries=0).step(str(tmp_path / "flag"), str(tmp_path / "n"), 1)
+def test_run_of_a_failed_id_resumes_it_as_ray_did(kf, tmp_path):
+    flag = tmp_path / "flag"
+    wf = seedsteps.needs_flag.options(max_retries=0).step(str(flag), str(tmp_path / "n"), 1)
     with pytest.raises(workflow.WorkflowExecutionError):
         wf.run(workflow_id="failed")
-    with pytest.raises(workflow.KeelflowError, match="resume") as info:
-        wf.run(workflow_id="failed")
-    assert "failed" in str(info.value)
-    assert count(tmp_path / "n") == 1  # not run again
+    with pytest.raises(workflow.WorkflowExecutionError):
+        wf.run(workflow_id="failed")  # resumed: the failed step ran again, and failed again
+    assert count(tmp_path / "n") == 2
     assert workflow.get_status("failed") == workflow.WorkflowStatus.FAILED
+    flag.touch()
+    assert wf.run(workflow_id="failed") == workflow.get_output("failed")
+    assert count(tmp_path / "n") == 3 and workflow.get_status("failed") == workflow.WorkflowStatus.SUCCESSFUL
 
 
 @pytest.mark.parametrize("bad_id", ["a/b", "..", "a/../b", "", "tab\there", "nl\n", "nul\x00"])

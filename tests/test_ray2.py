@@ -91,6 +91,14 @@ def test_an_input_node_takes_runs_arguments(kf):
     assert (kind, data[0], data["k"]) == ("DAGInputData", 7, "v")
 
 
+def test_ray_2x_queue_limits_are_refused_not_ignored(storage):
+    for name in ("max_running_workflows", "max_pending_workflows"):
+        with pytest.raises(workflow.KeelflowError, match=name):
+            workflow.init(storage, **{name: 2})
+        assert not workflow.api.initialized()
+    workflow.init(storage, max_running_workflows=None, max_pending_workflows=None)
+
+
 def test_ray_1_12_create_makes_a_node_of_a_dag(kf):
     """Ray 1.12's ``workflow.create(dag, *args)``: a workflow node to run, or to pass on."""
     with InputNode() as inp:

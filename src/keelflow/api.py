@@ -77,6 +77,8 @@ def init(
     num_cpus: float | None = None,
     resources: dict[str, float] | None = None,
     create: bool = True,
+    max_running_workflows: int | None = None,
+    max_pending_workflows: int | None = None,
 ) -> None:
     """Choose storage and executor for this process.
 
@@ -91,10 +93,22 @@ def init(
         create: create the storage if there is none yet. With ``False``, storage that does not
             exist (or holds no keelflow data) raises :class:`StorageError` and nothing is
             created: for tools that only look. Opening existing storage never writes to it.
+        max_running_workflows, max_pending_workflows: Ray 2.x's workflow queue, which keelflow
+            does not have yet: a value other than ``None`` raises :class:`KeelflowError`
+            rather than being ignored.
 
     Calling it again with the same arguments does nothing; with others it raises unless
     :func:`shutdown` was called first.
     """
+    for name, value in (
+        ("max_running_workflows", max_running_workflows),
+        ("max_pending_workflows", max_pending_workflows),
+    ):
+        if value is not None:
+            raise KeelflowError(
+                f"workflow.init({name}=...) limits Ray 2.x's workflow queue, which keelflow does not have yet: "
+                "every workflow it is given starts at once; leave the argument out"
+            )
     session.start(storage, executor=executor, num_cpus=num_cpus, resources=resources, create=create)
 
 
@@ -174,11 +188,13 @@ def run_workflow(
             return session.done_ref(output_value(state, journal), wid)
         if state.cancelled:
             raise WorkflowCancelledError(workflow_id=wid)
-        status = "FAILED" if state.failed is not None else "RESUMABLE"
-        raise KeelflowError(
-            f"workflow {wid!r} already exists and is {status}; call workflow.resume({wid!r}) to continue it",
-            workflow_id=wid,
-        )
+        # Failed or interrupted: running it again resumes it, as Ray Workflows did (both APIs).
+        lease.release()
+        log.info("workflow %s exists: running it again resumes it", wid, extra={"workflow_id": wid})
+        try:
+            return resume_async(wid)
+        except WorkflowRunningError:  # another process took it up meanwhile
+            return session.in_background(_wait_elsewhere, wid, rt, wid)
     except BaseException:
         lease.release()
         raise
