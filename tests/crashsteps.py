@@ -350,8 +350,11 @@ class Harness:
 
         return dict(collections.Counter(label for label, _ in self.executions()))
 
+    #: What a driver process runs (its arguments: mode, storage, executor, workflow id, spec file).
+    driver = "import crashsteps; crashsteps.main()"
+
     # processes
-    def start(self, mode: str, wid: str, spec: dict[str, Any]) -> Any:
+    def start(self, mode: str, wid: str, spec: Any = None) -> Any:
         import subprocess
 
         self._n += 1
@@ -365,7 +368,7 @@ class Harness:
             [
                 sys.executable,
                 "-c",
-                "import crashsteps; crashsteps.main()",
+                self.driver,
                 mode,
                 self.storage,
                 self.executor,

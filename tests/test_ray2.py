@@ -425,21 +425,7 @@ def test_continuation_outside_a_workflow_runs_the_dag_on_ray_as_ray_2x_did(kf_ra
 class Ray2Harness(cs.Harness):
     """crashsteps' harness, with drivers that run ray2steps' DAG."""
 
-    def start(self, mode: str, wid: str, spec: object = None) -> subprocess.Popen:
-        self._n += 1
-        out = open(os.path.join(self.root, f"driver-{self._n}.out"), "w+")  # noqa: SIM115 - closed in cleanup()
-        err = open(os.path.join(self.root, f"driver-{self._n}.err"), "w+")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "import ray2steps; ray2steps.main()", mode, self.storage, self.executor, wid],
-            env=self.env(),
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            cwd=self.root,
-        )
-        proc.out_file, proc.err_file = out, err  # type: ignore[attr-defined]
-        self.procs.append(proc)
-        return proc
+    driver = "import ray2steps; ray2steps.main()"
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import time
 import pytest
 
 import keelflow as workflow
+from conftest import wait_until
 from keelflow.errors import StorageError
 from keelflow.storage import open_storage
 from keelflow.storage.s3 import CLOCK_SKEW, S3Storage
@@ -55,16 +56,6 @@ def finish(proc: subprocess.Popen[str]) -> None:
     for pipe in (proc.stdin, proc.stdout):
         if pipe is not None:
             pipe.close()
-
-
-def poll(condition, timeout: float = 20, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
-        time.sleep(0.05)
 
 
 def stored_lease(store, key: str = KEY) -> dict:
@@ -214,7 +205,7 @@ def test_killed_holders_lease_is_taken_over_only_after_it_expires(s3_bucket):
     if time.time() < expires:
         assert store.lease_held(KEY)
         assert store.acquire_lease(KEY, b"parent") is None
-    lease = poll(lambda: store.acquire_lease(KEY, b"parent"), what="takeover of the dead holder's lease")
+    lease = wait_until(lambda: store.acquire_lease(KEY, b"parent"), what="takeover of the dead holder's lease")
     assert time.time() > expires + CLOCK_SKEW
     assert lease.held and store.lease_held(KEY)
     assert stored_lease(store)["owner"] == "parent"
@@ -293,7 +284,7 @@ def test_heartbeat_keeps_a_lease_alive_past_its_ttl(s3_bucket):
     lease = store.acquire_lease(KEY, b"me")
     assert lease is not None
     first_expiry = stored_lease(store)["expires"]
-    poll(lambda: time.time() > first_expiry + CLOCK_SKEW + 0.5, what="the first ttl to pass")
+    wait_until(lambda: time.time() > first_expiry + CLOCK_SKEW + 0.5, what="the first ttl to pass")
     assert lease.held
     assert other.lease_held(KEY)
     assert other.acquire_lease(KEY, b"you") is None
@@ -343,7 +334,7 @@ def test_a_holder_that_stalled_past_its_ttl_loses_the_lease(s3_bucket):
         assert line(child) == "held"
         child.send_signal(signal.SIGSTOP)
         try:
-            mine = poll(lambda: store.acquire_lease(KEY, b"parent"), what="takeover of the stalled lease")
+            mine = wait_until(lambda: store.acquire_lease(KEY, b"parent"), what="takeover of the stalled lease")
         finally:
             child.send_signal(signal.SIGCONT)
         child.stdin.write("go\n")  # type: ignore[union-attr]
@@ -434,13 +425,13 @@ def test_a_workflow_resumes_after_its_runner_is_killed(s3_bucket, tmp_path):
     gate, log = tmp_path / "gate", tmp_path / "log"
     runner = spawn(RUNNER, url, str(gate), str(log))
     try:
-        poll(lambda: log.exists() and "second" in log.read_text(), timeout=60, what="the second step")
+        wait_until(lambda: log.exists() and "second" in log.read_text(), timeout=60, what="the second step")
     finally:
         runner.send_signal(signal.SIGKILL)
         finish(runner)
     workflow.init(url, executor="thread")
     # RUNNING while the dead runner's lease lasts, RESUMABLE once its ttl has passed.
-    status = poll(
+    status = wait_until(
         lambda: (s := workflow.get_status("wf")) != workflow.WorkflowStatus.RUNNING and s,
         what="the dead runner's lease to expire",
     )

@@ -10,7 +10,16 @@ from typing import Any
 
 from . import session
 from .engine.journal import Journal
-from .engine.results import execution_error, load, not_found, output_value, require, resolved_node, step_value
+from .engine.results import (
+    execution_error,
+    load,
+    not_found,
+    output_value,
+    require,
+    resolved_node,
+    step_output,
+    step_value,
+)
 from .engine.runtime import Runtime, cancel_key, interrupt_hold, lease_key, new_workflow_id, owner_info
 from .engine.state import ROOT, WorkflowState
 from .engine.status import (
@@ -445,18 +454,7 @@ def _wait_running(rt: Runtime, wid: str, name: str | None) -> Any:
 def _output(rt: Runtime, wid: str, name: str | None, status: WorkflowStatus) -> Any:
     state, journal, records = require(rt.storage, wid)
     if name is not None:
-        index = state.names.get(name)
-        if index is None:
-            raise StepNotFoundError(workflow_id=wid, step_name=name)
-        if resolved_node(state, index) is not None:
-            return step_value(state, journal, records, index)
-        if state.failed == index:
-            raise execution_error(state)
-        raise OutputNotReadyError(
-            f"step {name!r} of workflow {wid!r} has no output: the workflow is {status.value}",
-            workflow_id=wid,
-            step_name=name,
-        )
+        return step_output(state, journal, records, name, status.value)
     if status == WorkflowStatus.SUCCESSFUL or state.finished:
         return output_value(state, journal)
     if status == WorkflowStatus.CANCELED:

@@ -62,7 +62,7 @@ from typing import Any
 
 import cloudpickle
 
-from .errors import KeelflowError, SerializationError, WorkflowNotFoundError
+from .errors import KeelflowError, SerializationError
 from .objects import FutureRef, current_step, current_workflow, get, is_ray_ref, put, stored_ref
 from .step import StepFunction, StepOptions, Workflow, _code_fingerprint
 
@@ -545,16 +545,8 @@ def run_async(
     """
     from . import api
 
-    root = _root(dag, args, kwargs, "workflow.run")
-    if workflow_id is not None:
-        wid = api.validate_id(workflow_id)
-        try:
-            status = api.get_status(wid)
-        except WorkflowNotFoundError:
-            status = None
-        if status in (api.WorkflowStatus.FAILED, api.WorkflowStatus.RESUMABLE):
-            return api.resume_async(wid)
-    return api.run_workflow(root, workflow_id, metadata)
+    # (run_workflow resumes an id that failed or was interrupted, as Ray 2.x did.)
+    return api.run_workflow(_root(dag, args, kwargs, "workflow.run"), workflow_id, metadata)
 
 
 def run(

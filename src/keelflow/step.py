@@ -303,7 +303,7 @@ class WorkflowRef:
 class Workflow(Generic[T]):
     """A lazy node of a workflow DAG: a step function and its (possibly lazy) arguments."""
 
-    __slots__ = ("__weakref__", "_args", "_func", "_kwargs", "_recorded", "_ref")
+    __slots__ = ("__weakref__", "_args", "_func", "_kwargs", "_recorded", "_recorded_in", "_ref")
 
     def __init__(self, func: StepFunction[T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self._func = func
@@ -311,8 +311,9 @@ class Workflow(Generic[T]):
         self._kwargs = kwargs
         # A reference to a step recorded already (see from_ref): it has no function of its own.
         self._ref: WorkflowRef | None = None
-        # Where this node was recorded as a step, once a run in this process recorded it.
-        self._recorded: WorkflowRef | None = None
+        # The step id and workflow this node was recorded as, once a run in this process did.
+        self._recorded: str | None = None
+        self._recorded_in: str | None = None
 
     @classmethod
     def from_ref(cls, ref: WorkflowRef) -> Workflow[Any]:
@@ -324,7 +325,7 @@ class Workflow(Generic[T]):
         node: Workflow[Any] = cls.__new__(cls)
         node._func = None  # type: ignore[assignment]
         node._args, node._kwargs = (), {}
-        node._ref, node._recorded = ref, None
+        node._ref, node._recorded, node._recorded_in = ref, None, None
         return node
 
     @property
@@ -333,7 +334,7 @@ class Workflow(Generic[T]):
         ``get_metadata`` take it (``name`` option, or ``module.function``, with ``_1``, ``_2``…
         appended to repeats). Known once the node is recorded: after ``run``/``run_async``/
         ``submit`` of a DAG holding it in this process, and for references (``from_ref``)."""
-        ref = self._ref or self._recorded
+        ref = self.workflow_ref
         if ref is None:
             from .errors import KeelflowError
 
@@ -347,7 +348,9 @@ class Workflow(Generic[T]):
     @property
     def workflow_ref(self) -> WorkflowRef | None:
         """This node's output as a :class:`WorkflowRef`, once it is recorded (else ``None``)."""
-        return self._ref or self._recorded
+        if self._ref is not None:
+            return self._ref
+        return None if self._recorded is None else WorkflowRef(self._recorded, self._recorded_in)
 
     @property
     def step_function(self) -> StepFunction[T]:

@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from . import session
-from .errors import KeelflowError, OutputNotReadyError, StepNotFoundError
+from .errors import KeelflowError
 from .events import EventListener, EventStep
 from .ids import validate_id
 from .objects import FutureRef, ObjectRef, is_ray_ref
@@ -184,7 +184,6 @@ class StepOutputListener(EventListener):
 
 def read_step(ref: WorkflowRef) -> Workflow[Any]:
     """A node whose output is a copy of ``ref``'s (a step of another workflow)."""
-
     assert ref.workflow_id is not None
     validate_id(ref.workflow_id)
     reader = EventStep(StepOutputListener).options(name=f"{ref.step_id}@{ref.workflow_id}")
@@ -194,7 +193,7 @@ def read_step(ref: WorkflowRef) -> Workflow[Any]:
 def _read_step(workflow_id: str, step_id: str) -> tuple[bool, Any]:
     """``(True, output)`` once the step has one; ``(False, None)`` while it may still get one;
     raises if it never will (no such workflow, or it ended without that step's output)."""
-    from .engine.results import ENDED, execution_error, load, not_found, resolved_node, step_value
+    from .engine.results import ENDED, load, not_found, resolved_node, step_output, step_value
     from .engine.runtime import lease_key
     from .engine.status import workflow_status
 
@@ -211,16 +210,4 @@ def _read_step(workflow_id: str, step_id: str) -> tuple[bool, Any]:
     status = workflow_status(rt, workflow_id)
     if status.value not in ENDED:
         return False, None  # RUNNING, or RESUMABLE: it may still get there once resumed
-    if index is None:
-        raise StepNotFoundError(
-            f"workflow {workflow_id!r} ended ({status.value}) without a step named {step_id!r}",
-            workflow_id=workflow_id,
-            step_name=step_id,
-        )
-    if state.failed == index:
-        raise execution_error(state)
-    raise OutputNotReadyError(
-        f"step {step_id!r} of workflow {workflow_id!r} has no output: the workflow is {status.value}",
-        workflow_id=workflow_id,
-        step_name=step_id,
-    )
+    return True, step_output(state, journal, records, step_id, status.value)  # raises: it never will

@@ -11,7 +11,14 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import serialization
-from ..errors import CorruptCheckpointError, SerializationError, WorkflowExecutionError, WorkflowNotFoundError
+from ..errors import (
+    CorruptCheckpointError,
+    OutputNotReadyError,
+    SerializationError,
+    StepNotFoundError,
+    WorkflowExecutionError,
+    WorkflowNotFoundError,
+)
 from ..objects import FutureRef, ObjectRef
 from ..storage import Storage
 from .journal import Journal, describe, wf_key
@@ -26,6 +33,8 @@ __all__ = [
     "output_value",
     "require",
     "resolved_node",
+    "restore_output",
+    "step_output",
     "step_value",
 ]
 
@@ -208,12 +217,33 @@ def resolved_node(state: WorkflowState, index: int) -> int | None:
     return index
 
 
-def step_value(state: WorkflowState, journal: Journal, records: list[tuple[Any, ...]], index: int) -> Any:
-    """A finished step's output, re-read from ``records`` if replay released it (memory)."""
-    target = resolved_node(state, index)
+def restore_output(state: WorkflowState, index: int, records: list[tuple[Any, ...]]) -> None:
+    """Put back, from ``records``, a finished step's output that was released (memory)."""
     if state.nodes[index].output is None:
+        target = resolved_node(state, index)
         for record in records:
             if record[0] == "done" and record[1] == target:
                 state.nodes[index].output = record[2]
                 break
+
+
+def step_value(state: WorkflowState, journal: Journal, records: list[tuple[Any, ...]], index: int) -> Any:
+    """A finished step's output, re-read from ``records`` if replay released it (memory)."""
+    restore_output(state, index, records)
     return output_value(state, journal, index)
+
+
+def step_output(state: WorkflowState, journal: Journal, records: list[tuple[Any, ...]], name: str, status: str) -> Any:
+    """Step ``name``'s output, or the error that says why it has none (the workflow being
+    ``status``)."""
+    wid = state.workflow_id
+    index = state.names.get(name)
+    if index is None:
+        raise StepNotFoundError(workflow_id=wid, step_name=name)
+    if resolved_node(state, index) is not None:
+        return step_value(state, journal, records, index)
+    if state.failed == index:
+        raise execution_error(state)
+    raise OutputNotReadyError(
+        f"step {name!r} of workflow {wid!r} has no output: the workflow is {status}", workflow_id=wid, step_name=name
+    )

@@ -36,7 +36,7 @@ from ..storage import Lease, Storage
 from .dag import FuncEntry, SubDag, flatten
 from .events import EventLoop
 from .journal import Journal, read_status, update_status, wf_key, write_status
-from .results import execution_error, output_value, resolved_node
+from .results import execution_error, output_value, restore_output
 from .state import WorkflowState
 from .task import CATCHER, RUNNER, make_payload, run_task
 from .waits import wait_inputs, wait_output
@@ -218,7 +218,7 @@ class Runtime:
         state = WorkflowState(workflow_id)
         state.apply(record)
         for i, node in enumerate(order):  # the user's nodes now know their step ids
-            node._recorded = WorkflowRef(state.nodes[i].name, workflow_id)
+            node._recorded, node._recorded_in = state.nodes[i].name, workflow_id
         self.write_index(workflow_id, _status_info(state, "RUNNING"))
         log.info("workflow %s started", workflow_id, extra={"workflow_id": workflow_id})
         return state, journal
@@ -497,11 +497,7 @@ class Runtime:
         done (a WorkflowRef named it since) is read back from the journal."""
         node = run.state.nodes[index]
         if node.output is None and node.done:
-            target = resolved_node(run.state, index)
-            for record in Journal(self.storage, run.workflow_id).read():
-                if record[0] == "done" and record[1] == target:
-                    node.output = record[2]
-                    break
+            restore_output(run.state, index, Journal(self.storage, run.workflow_id).read())
         return node.output
 
     # -- workflow.wait ---------------------------------------------------------------------------
@@ -703,7 +699,8 @@ class Runtime:
             else:
                 self._halt(run, index, outcome.error or "no answer from the executor")
             return
-        run.lost[index] = 0
+        if run.lost:  # (a key per step would grow with the workflow)
+            run.lost.pop(index, None)
         counted = attempts - run.lost_total[index]  # the attempts max_retries counts
         result = serialization.load_record(outcome.result)
         kind = result[0]

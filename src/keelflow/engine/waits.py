@@ -23,11 +23,8 @@ __all__ = ["wait_inputs", "wait_output"]
 
 def wait_inputs(node: Node) -> list[int]:
     """The global indices of the nodes a wait node waits for, in the order they were given."""
-
-    def key(index: int) -> int:
-        return index  # the placeholder itself: a batch index, or -(k + 1) for node.ext[k]
-
-    (inputs,), _ = serialization.decode(node.args, what=f"the inputs of {node.name}", resolve_node=key)
+    # Each input decodes to its placeholder: a batch index, or -(k + 1) for node.ext[k].
+    (inputs,), _ = serialization.decode(node.args, what=f"the inputs of {node.name}", resolve_node=int)
     return [node.base + k if k >= 0 else node.ext[-k - 1] for k in inputs]
 
 
