@@ -38,7 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from _bench_util import calibrate_burn  # noqa: E402
+from _bench_util import calibrate_burn, fdatasync_ms  # noqa: E402
 
 KF_WORKLOADS = os.path.join(HERE, "kf_workloads.py")
 COMPARE = os.path.join(HERE, "compare")
@@ -193,6 +193,8 @@ def machine_info(storage_base: str, mount: dict[str, str]) -> dict[str, Any]:
         "git_dirty_files": len(_git("status", "--porcelain").splitlines()),
         "storage_base": storage_base,
         "storage_fs": f"{mount['fstype']} on {mount['source']} (mounted at {mount['mount']})",
+        # The disk's floor under any durable step: one small append + fdatasync there.
+        "fdatasync_ms": fdatasync_ms(storage_base),
     }
 
 
@@ -791,7 +793,7 @@ def print_keelflow(rows: list[dict[str, Any]], info: dict[str, Any], executor: s
     )
     print(
         f"storage: fresh directories under {info['storage_base']} ({info['storage_fs']}); "
-        "keelflow file storage, fsync'd appends"
+        f"keelflow file storage, fsync'd appends; one append + fdatasync there: {info['fdatasync_ms']} ms (median)"
     )
     actors = [r for r in rows if r.get("kind") == "actor"]
     rows = [r for r in rows if r.get("kind") != "actor"]
