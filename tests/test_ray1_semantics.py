@@ -262,8 +262,12 @@ def test_an_actor_call_whose_workflow_keeps_dying_stays_queued_until_resumed(sto
     with pytest.raises(workflow.KeelflowError, match="stays queued"):
         workflow.get(behind, timeout=60)
     assert workflow.get_status("shipper.ship.0") == S.RESUMABLE
-    # Neither call has a result: the actor's queue stopped at the interrupted one.
-    assert [c["status"] for c in workflow.list_actor_calls("shipper")] == ["QUEUED", "QUEUED"]
+    # Neither call has a result: the actor's queue stopped at the interrupted one (once this
+    # process's host of the actor has let it go, a moment after the callers were told).
+    wait_until(
+        lambda: [c["status"] for c in workflow.list_actor_calls("shipper")] == ["QUEUED", "QUEUED"],
+        what="both calls to show QUEUED",
+    )
     assert workflow.get_actor_metadata("shipper")["status"] == "QUEUED"
     assert dict(workflow.list_all())["shipper"] == S.RESUMABLE
     # Recovering the actor's calls at once is held back, as resume_all holds a workflow back.
