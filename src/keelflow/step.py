@@ -185,9 +185,9 @@ class StepFunction(Generic[T]):
         """The plain function, to call it without a workflow: ``f.func(1, 2)``."""
         return self._func
 
-    @property
+    @functools.cached_property
     def default_name(self) -> str:
-        return _callable_name(self._func)
+        return _callable_name(self._func)  # (named in every node's error context: computed once)
 
     @property
     def fingerprint(self) -> str:

@@ -701,7 +701,7 @@ class Runtime:
             return
         if run.lost:  # (a key per step would grow with the workflow)
             run.lost.pop(index, None)
-        counted = attempts - run.lost_total[index]  # the attempts max_retries counts
+        counted = attempts - run.lost_total.get(index, 0)  # the attempts max_retries counts
         result = serialization.load_record(outcome.result)
         kind = result[0]
         start = run.started.pop(index, result[-2])
