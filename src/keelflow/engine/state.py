@@ -176,24 +176,25 @@ class WorkflowState:
             fmap.append(g)
         self.objects.update(dag.objects)
         # Steps named by WorkflowRef are looked up before this batch's names exist.
-        known = {n: self.names[n] for spec in dag.nodes for n in spec.ext}
+        known = {n: self.names[n] for spec in dag.nodes if spec.ext for n in spec.ext}
         for spec in dag.nodes:
             func = fmap[spec.func]
             entry = self.funcs[func]
             deps = tuple(base + d for d in spec.deps)
-            ext = tuple(known[n] for n in spec.ext)
+            ext = tuple(known[n] for n in spec.ext) if spec.ext else ()
             if ext:
                 deps += tuple(dict.fromkeys(g for g in ext if g not in deps))
             name = self._unique_name(entry.plain.get("name") or entry.name)
             node = Node(base, func, spec.args, deps, spec.refs, name)
-            node.ext = ext
+            if ext:
+                node.ext = ext
             self.names[node.name] = len(self.nodes)
             self.nodes.append(node)
         # Wire dependencies from the leaves up; a batch points inside itself, and (through
         # WorkflowRef) at steps recorded before it, which may be done already.
+        waits = {g for g in fmap if self.funcs[g].kind == "wait"}
         for i in range(base, len(self.nodes)):
             node = self.nodes[i]
-            entry = self.funcs[node.func]
             waiting = 0
             for d in node.deps:
                 dep = self.nodes[d]
@@ -201,11 +202,12 @@ class WorkflowState:
                 if not dep.done:
                     dep.dependents.append(i)
                     waiting += 1
-            if entry.kind == "wait":
+            if waits and node.func in waits:
                 # workflow.wait: ready once num_returns of its inputs are done (or at its
                 # timeout, which the scheduler keeps).
                 done = len(node.deps) - waiting
-                waiting = max(0, min(int(entry.plain.get("num_returns", 1)), len(node.deps)) - done)
+                wanted = int(self.funcs[node.func].plain.get("num_returns", 1))
+                waiting = max(0, min(wanted, len(node.deps)) - done)
                 self.waits.append(i)
             node.waiting = waiting
             if waiting == 0:
